@@ -1,0 +1,365 @@
+"""Experiment configs: dataclasses, a registry of named experiments, overrides.
+
+An experiment is an ``ExperimentConfig``; named ones are registered with
+``@register``. Overrides come from a YAML file (``--config_file``) and from
+``--override a.b=c`` strings, applied in that order. An unknown key is an
+error naming the key and the keys that exist; values are parsed as YAML
+scalars and type-checked against the field's default.
+
+The shop and street stages share one ``ModelConfig``, like Model Garden's
+SimCLR pretrain / finetune pair.
+"""
+
+import copy
+import dataclasses
+import json
+import os
+import typing
+
+import yaml
+
+METHODS = ("mtct", "no_adapt", "ud", "ftt", "end_to_end")
+CROSS_DOMAIN_KINDS = (
+    "none", "contrastive", "triplet", "tste_poster", "tste_canonical",
+)
+
+
+class ConfigError(ValueError):
+    """An override names an unknown key or gives a value of the wrong type."""
+
+
+@dataclasses.dataclass
+class DataConfig:
+    """Where the shards are and how images are prepared.
+
+    ``street_shards_dir`` holds the street records to train and evaluate
+    on (detector crops, say); empty means ``shards_dir``.
+    """
+
+    shards_dir: str = "runs/demo/shards"
+    street_shards_dir: str = ""
+    image_size: int = 64
+    batch_size: int = 32
+    # Context kept around a garment box, as a fraction of the box size.
+    margin: float = 0.1
+    shuffle_buffer: int = 2048
+    # Fraction of street training items whose labels are used (small-data
+    # experiments); the rest are dropped.
+    street_label_fraction: float = 1.0
+    # Triplet negatives: "random" item, or "hard" = same garment category.
+    negatives: str = "random"
+    cache: bool = False
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    backbone: str = "nin"
+    preset: str = "small"
+    # keras.applications backbones only: "", "imagenet" or a weights path.
+    weights: str = ""
+    fc_units: int = 0  # 0: the preset's.
+    dropout: float = -1.0  # < 0: the preset's.
+
+
+@dataclasses.dataclass
+class CrossDomainConfig:
+    """The cross-domain loss of the street stage (SPEC §4)."""
+
+    kind: str = "tste_poster"
+    weight: float = 1.0
+    alpha: float = 1.0
+    beta: float = 0.0  # 0: canonical -(alpha + 1) / 2.
+    margin: float = 0.5  # contrastive and triplet hinge only.
+    normalize: bool = True
+
+
+@dataclasses.dataclass
+class StageConfig:
+    """One training stage's optimisation budget."""
+
+    epochs: int = 4
+    steps_per_epoch: int = 0  # 0: one pass over the stage's training data.
+    learning_rate: float = 1e-3
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    validation_steps: int = 0  # 0: the whole validation split.
+
+
+@dataclasses.dataclass
+class StreetStageConfig(StageConfig):
+    # "fc": fine-tune the attribute branches only (the paper); "all".
+    finetune: str = "fc"
+    cross_domain: CrossDomainConfig = dataclasses.field(
+        default_factory=CrossDomainConfig
+    )
+
+
+@dataclasses.dataclass
+class RuntimeConfig:
+    strategy: str = "default"  # default | mirrored | multi_worker | tpu
+    mixed_precision: str = ""  # "", "mixed_float16" or "mixed_bfloat16"
+    jit_compile: bool = False
+    # Steps between mid-epoch backups (resume after a kill); 0: per epoch.
+    backup_every_steps: int = 0
+
+
+@dataclasses.dataclass
+class ExperimentConfig:
+    name: str = ""
+    description: str = ""
+    seed: int = 0
+    method: str = "mtct"
+    schema: str = ""  # "": the shards' schema.json.
+    # A stage-0 (pretrain) checkpoint whose trunk initialises the shop stage.
+    init_from: str = ""
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    shop: StageConfig = dataclasses.field(default_factory=StageConfig)
+    street: StreetStageConfig = dataclasses.field(
+        default_factory=StreetStageConfig
+    )
+    runtime: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
+
+    def validate(self):
+        """Checks values that types alone cannot; raises ``ConfigError``."""
+        checks = [
+            (self.method in METHODS, "method", METHODS),
+            (self.street.cross_domain.kind in CROSS_DOMAIN_KINDS,
+             "street.cross_domain.kind", CROSS_DOMAIN_KINDS),
+            (self.street.finetune in ("fc", "all"), "street.finetune",
+             ("fc", "all")),
+            (self.data.negatives in ("random", "hard"), "data.negatives",
+             ("random", "hard")),
+            (self.runtime.strategy in
+             ("default", "mirrored", "multi_worker", "tpu"),
+             "runtime.strategy",
+             ("default", "mirrored", "multi_worker", "tpu")),
+            (self.runtime.mixed_precision in
+             ("", "mixed_float16", "mixed_bfloat16"),
+             "runtime.mixed_precision",
+             ("", "mixed_float16", "mixed_bfloat16")),
+        ]
+        for ok, key, allowed in checks:
+            if not ok:
+                value = get_value(self, key)
+                raise ConfigError(
+                    f"{key} must be one of {allowed}. Received: {value!r}"
+                )
+        if not 0 < self.data.street_label_fraction <= 1:
+            raise ConfigError(
+                "data.street_label_fraction must be in (0, 1]. Received: "
+                f"{self.data.street_label_fraction}"
+            )
+        return self
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+
+_REGISTRY = {}
+
+
+def register(fn):
+    """Registers a function returning an ``ExperimentConfig`` by its name."""
+    _REGISTRY[fn.__name__] = fn
+    return fn
+
+
+def experiments():
+    return sorted(_REGISTRY)
+
+
+def get_experiment(name):
+    if name not in _REGISTRY:
+        raise ConfigError(
+            f"Unknown experiment {name!r}; registered: {', '.join(experiments())}"
+        )
+    config = _REGISTRY[name]()
+    config.name = name
+    config.description = (_REGISTRY[name].__doc__ or "").strip()
+    return config
+
+
+def get_value(config, dotted):
+    obj = config
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _coerce(value, default, key):
+    """Checks ``value`` against the type of the field's ``default``."""
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+    elif isinstance(default, int):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif isinstance(default, float):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif isinstance(default, str):
+        if value is None:
+            return ""
+        if isinstance(value, (str, int, float)) and not isinstance(
+                value, bool):
+            return str(value)
+    elif isinstance(default, dict):
+        if isinstance(value, dict):
+            return value
+    raise ConfigError(
+        f"{key} expects a {type(default).__name__}. Received: {value!r}"
+    )
+
+
+def apply_dict(config, overrides, prefix=""):
+    """Applies a nested dict of overrides in place; unknown keys raise."""
+    if not isinstance(overrides, dict):
+        raise ConfigError(
+            f"{prefix or 'the config'} expects a mapping. Received: "
+            f"{overrides!r}"
+        )
+    fields = {f.name: f for f in dataclasses.fields(config)}
+    for key, value in overrides.items():
+        dotted = f"{prefix}{key}"
+        if key not in fields:
+            raise ConfigError(
+                f"unknown config key {dotted!r}; known keys here: "
+                f"{', '.join(sorted(fields))}"
+            )
+        current = getattr(config, key)
+        if dataclasses.is_dataclass(current):
+            apply_dict(current, value, prefix=f"{dotted}.")
+        else:
+            setattr(config, key, _coerce(value, current, dotted))
+    return config
+
+
+def parse_override(text):
+    """``"a.b=c"`` -> ``{"a": {"b": c}}`` with ``c`` parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(
+            f"an override is key=value, e.g. shop.epochs=2. Received: {text!r}"
+        )
+    key, raw = text.split("=", 1)
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    out = value
+    for part in reversed(key.strip().split(".")):
+        out = {part: out}
+    return out
+
+
+def load_yaml(path):
+    with open(path, encoding="utf-8") as f:
+        try:
+            # safe_load: a config file must never construct Python objects.
+            data = yaml.safe_load(f)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    return data or {}
+
+
+def build(experiment, config_file=None, overrides=()):
+    """Resolves an experiment: registry defaults, YAML file, then overrides."""
+    config = get_experiment(experiment)
+    if config_file:
+        try:
+            apply_dict(config, load_yaml(config_file))
+        except ConfigError as e:
+            raise ConfigError(f"{config_file}: {e}") from None
+    for text in overrides:
+        apply_dict(config, parse_override(text))
+    return config.validate()
+
+
+def save(config, path):
+    """Writes the resolved config as YAML (atomically)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        yaml.safe_dump(config.to_dict(), f, sort_keys=False)
+    os.replace(tmp, path)
+
+
+def from_dict(data):
+    config = ExperimentConfig()
+    apply_dict(config, copy.deepcopy(data))
+    return config.validate()
+
+
+def describe(config):
+    return json.dumps(config.to_dict(), indent=1)
+
+
+# === Registered experiments ===
+
+@register
+def demo():
+    """CPU demo on X-Domain-synth (make demo): small MTN, 64 px, minutes.
+
+    Run: python -m mtct_tf.train --experiment demo --model_dir runs/demo/mtct
+    """
+    config = ExperimentConfig()
+    config.data.shards_dir = "runs/demo/shards"
+    config.shop = StageConfig(epochs=6, learning_rate=2e-3)
+    config.street = StreetStageConfig(epochs=4, learning_rate=1e-3)
+    return config
+
+
+@register
+def synth_benchmark():
+    """The ablation benchmark on X-Domain-synth (python -m mtct_tf.benchmark
+    ablation): every method gets this data, model and budget.
+    """
+    config = demo()
+    config.data.shards_dir = "runs/benchmark/shards"
+    return config
+
+
+@register
+def paper():
+    """The paper's setting: NIN MTN at 224 px (X-Domain-style shards).
+
+    Expect a GPU. Pre-train with --stage pretrain first, or set
+    model.backbone=resnet50 model.weights=imagenet.
+    """
+    config = ExperimentConfig()
+    config.schema = "xdomain"
+    config.data = DataConfig(
+        shards_dir="data/xdomain/shards", image_size=224, batch_size=64,
+        shuffle_buffer=10000,
+    )
+    config.model = ModelConfig(preset="paper")
+    config.shop = StageConfig(epochs=30, learning_rate=1e-3)
+    config.street = StreetStageConfig(epochs=20, learning_rate=1e-4)
+    return config
+
+
+def _method(method, kind=None):
+    def make():
+        config = synth_benchmark()
+        config.method = method
+        if kind is not None:
+            config.street.cross_domain.kind = kind
+        return config
+    return make
+
+
+# The baselines of SPEC §5 and the cross-domain loss variants, all on the
+# synth_benchmark data, model and budget.
+for _name, _method_name, _kind in (
+    ("no_adapt", "no_adapt", "none"),
+    ("ud", "ud", "none"),
+    ("ftt", "ftt", "none"),
+    ("end_to_end", "end_to_end", None),
+    ("mtct", "mtct", None),
+    ("mtct_contrastive", "mtct", "contrastive"),
+    ("mtct_triplet", "mtct", "triplet"),
+    ("mtct_tste_canonical", "mtct", "tste_canonical"),
+):
+    _fn = _method(_method_name, _kind)
+    _fn.__name__ = _name
+    _fn.__doc__ = f"synth_benchmark with method={_method_name}" + (
+        f", cross-domain loss {_kind}" if _kind else ""
+    )
+    register(_fn)

@@ -1,0 +1,299 @@
+"""The Multi-Task Network (MTN): a shared trunk and one branch per attribute.
+
+``MTN`` is a Keras 3 functional model. It takes float32 images in [0, 255]
+(normalisation happens inside the model, so an exported graph needs only
+decode + crop + resize) and returns a dict: one softmax output per attribute,
+keyed by the attribute's name, plus ``"embedding"``.
+
+Trunks:
+    ``nin``: the poster's NIN trunk (SPEC §3). Choices the poster leaves open,
+        made here: every conv is conv -> batch norm -> ReLU with "same"
+        padding; both 3x3 max pools have stride 2; the trunk ends with global
+        average pooling, as NIN networks do (flattening 7x7x512 into nine
+        FC-1024 branches would cost 231M parameters); input 224 px for the
+        ``paper`` preset. Dropout sits after each branch FC layer.
+    ``resnet50``, ``efficientnetv2b0``, ``mobilenetv3small``: ImageNet
+        backbones from ``keras.applications`` under the same branches, with
+        ``weights=None | "imagenet" | path``.
+
+Embedding (the cross-domain loss's ``f(I)``): the concatenation of every
+branch's second FC layer. The street stage fine-tunes only the FC branches
+by default (SPEC §2), so the embedding must be computed by those layers, or
+the cross-domain loss would have nothing to move; the second FC layer is the
+last representation shared by all of a branch's values.
+"""
+
+import keras
+
+from mtct_tf import attributes as attributes_lib
+
+# Per-preset choices. ``width`` scales every trunk conv's channel count.
+PRESETS = {
+    "paper": {"image_size": 224, "width": 1.0, "fc_units": 1024,
+              "dropout": 0.5},
+    "small": {"image_size": 64, "width": 0.25, "fc_units": 128,
+              "dropout": 0.2},
+    # Only for unit tests: 16-32 px inputs, a few thousand parameters.
+    "tiny": {"image_size": 32, "width": 0.0625, "fc_units": 16,
+             "dropout": 0.0},
+}
+
+# The poster's table: (layer name, kernel, channels, stride); "pool" rows
+# are 3x3 max pools with stride 2.
+NIN_LAYERS = (
+    ("conv1", 7, 96, 2), ("conv1_1", 1, 96, 1), ("conv1_2", 1, 96, 1),
+    ("pool1", 3, None, 2),
+    ("conv2", 5, 256, 2), ("conv2_1", 1, 256, 1), ("conv2_2", 1, 256, 1),
+    ("conv3", 3, 512, 1), ("conv3_1", 1, 512, 1), ("conv3_2", 1, 512, 1),
+    ("conv4", 3, 1024, 1), ("conv4_1", 1, 1024, 1), ("conv4_2", 1, 512, 1),
+    ("conv4_3", 1, 384, 1),
+    ("conv5", 3, 512, 2), ("conv5_1", 1, 512, 1), ("conv5_2", 1, 512, 1),
+    ("pool5", 3, None, 2),
+)
+
+# Backbone name -> (constructor, normalisation mode the backbone expects).
+APPLICATIONS = {
+    "resnet50": ("ResNet50", "caffe"),
+    "efficientnetv2b0": ("EfficientNetV2B0", "none"),  # Rescales inside.
+    "mobilenetv3small": ("MobileNetV3Small", "none"),  # Rescales inside.
+}
+BACKBONES = ("nin",) + tuple(APPLICATIONS)
+
+
+@keras.saving.register_keras_serializable(package="mtct_tf")
+class Normalize(keras.layers.Layer):
+    """Maps [0, 255] RGB pixels to what a trunk expects.
+
+    Modes: ``"tf"`` -> [-1, 1]; ``"caffe"`` -> BGR minus the ImageNet means
+    (ResNet50's ``preprocess_input``); ``"none"`` -> unchanged.
+    """
+
+    MODES = ("tf", "caffe", "none")
+
+    def __init__(self, mode="tf", **kwargs):
+        super().__init__(**kwargs)
+        if mode not in self.MODES:
+            raise ValueError(
+                f"`mode` must be one of {self.MODES}. Received: mode={mode!r}"
+            )
+        self.mode = mode
+
+    def call(self, x):
+        if self.mode == "tf":
+            return x / 127.5 - 1.0
+        if self.mode == "caffe":
+            x = x[..., ::-1]
+            mean = keras.ops.convert_to_tensor(
+                [103.939, 116.779, 123.68], dtype=x.dtype
+            )
+            return x - mean
+        return x
+
+    def get_config(self):
+        return {**super().get_config(), "mode": self.mode}
+
+
+def _nin_trunk(x, width):
+    """Applies the NIN trunk; returns the pooled feature vector."""
+    for name, kernel, channels, stride in NIN_LAYERS:
+        if channels is None:
+            x = keras.layers.MaxPooling2D(
+                kernel, strides=stride, padding="same", name=name
+            )(x)
+            continue
+        x = keras.layers.Conv2D(
+            max(4, int(round(channels * width))), kernel, strides=stride,
+            padding="same", use_bias=False, name=name,
+        )(x)
+        x = keras.layers.BatchNormalization(name=f"{name}_bn")(x)
+        x = keras.layers.ReLU(name=f"{name}_relu")(x)
+    return keras.layers.GlobalAveragePooling2D(name="trunk_pool")(x)
+
+
+def _application_trunk(x, backbone, weights, image_size):
+    constructor_name, _ = APPLICATIONS[backbone]
+    constructor = getattr(keras.applications, constructor_name)
+    kwargs = {}
+    if backbone != "resnet50":
+        kwargs["include_preprocessing"] = True
+    net = constructor(
+        include_top=False, weights=weights, pooling="avg",
+        input_shape=(image_size, image_size, 3), **kwargs,
+    )
+    net.name = "backbone"
+    return net(x)
+
+
+@keras.saving.register_keras_serializable(package="mtct_tf")
+class MTN(keras.Model):
+    """Multi-Task Network: shared trunk, one 3-layer FC branch per attribute.
+
+    Args:
+        num_values: dict attribute name -> number of values (insertion order
+            is the output order), or an ``AttributeSchema``.
+        preset: ``"paper"``, ``"small"`` or ``"tiny"``; supplies defaults for
+            the four arguments below.
+        image_size: input height and width in pixels.
+        width: channel multiplier of the NIN trunk.
+        fc_units: units of each branch's two hidden FC layers.
+        dropout: dropout rate after each hidden FC layer.
+        backbone: ``"nin"`` or one of ``APPLICATIONS``.
+        weights: for ``keras.applications`` backbones: ``None``,
+            ``"imagenet"`` or the path of a weights file.
+    """
+
+    def __init__(self, num_values, preset="small", image_size=None,
+                 width=None, fc_units=None, dropout=None, backbone="nin",
+                 weights=None, **kwargs):
+        if isinstance(num_values, attributes_lib.AttributeSchema):
+            num_values = num_values.num_values
+        num_values = dict(num_values)
+        if not num_values or any(
+            not isinstance(n, int) or n < 2 for n in num_values.values()
+        ):
+            raise ValueError(
+                "`num_values` must map attribute names to integers >= 2. "
+                f"Received: num_values={num_values}"
+            )
+        if "embedding" in num_values:
+            raise ValueError(
+                "'embedding' names the embedding output and cannot be an "
+                f"attribute. Received: num_values={num_values}"
+            )
+        if preset not in PRESETS:
+            raise ValueError(
+                f"`preset` must be one of {sorted(PRESETS)}. "
+                f"Received: preset={preset!r}"
+            )
+        if backbone not in BACKBONES:
+            raise ValueError(
+                f"`backbone` must be one of {BACKBONES}. "
+                f"Received: backbone={backbone!r}"
+            )
+        if backbone == "nin" and weights is not None:
+            raise ValueError(
+                "The NIN trunk has no published weights: pre-train it with "
+                "`--stage pretrain` and start from it with `init_from`. "
+                f"Received: weights={weights!r}"
+            )
+        defaults = PRESETS[preset]
+        image_size = image_size or defaults["image_size"]
+        width = width or defaults["width"]
+        fc_units = fc_units or defaults["fc_units"]
+        dropout = defaults["dropout"] if dropout is None else dropout
+
+        # === Layers and Functional Model ===
+        inputs = keras.Input((image_size, image_size, 3), name="image")
+        mode = "tf" if backbone == "nin" else APPLICATIONS[backbone][1]
+        x = Normalize(mode, name="normalize")(inputs)
+        if backbone == "nin":
+            features = _nin_trunk(x, width)
+        else:
+            features = _application_trunk(x, backbone, weights, image_size)
+
+        outputs, penultimate = {}, []
+        for name, n in num_values.items():
+            h = features
+            for i in (1, 2):
+                h = keras.layers.Dense(
+                    fc_units, activation="relu", name=f"{name}_fc{i}"
+                )(h)
+                if dropout:
+                    h = keras.layers.Dropout(
+                        dropout, name=f"{name}_drop{i}"
+                    )(h)
+            penultimate.append(h)
+            logits = keras.layers.Dense(n, name=f"{name}_logits")(h)
+            # float32 softmax keeps probabilities exact under mixed precision.
+            outputs[name] = keras.layers.Activation(
+                "softmax", dtype="float32", name=name
+            )(logits)
+        if len(penultimate) > 1:
+            embedding = keras.layers.Concatenate(name="embedding_concat")(
+                penultimate
+            )
+        else:
+            embedding = penultimate[0]
+        outputs["embedding"] = keras.layers.Activation(
+            "linear", dtype="float32", name="embedding"
+        )(embedding)
+        super().__init__(inputs=inputs, outputs=outputs, **kwargs)
+
+        # === Config ===
+        self.num_values = num_values
+        self.preset = preset
+        self.image_size = image_size
+        self.width = width
+        self.fc_units = fc_units
+        self.dropout = dropout
+        self.backbone = backbone
+        self.weights_arg = weights
+
+    @property
+    def attribute_names(self):
+        return tuple(self.num_values)
+
+    def branch_layers(self):
+        """The per-attribute FC branch layers (what ``finetune: fc`` trains)."""
+        prefixes = tuple(f"{name}_" for name in self.num_values)
+        return [
+            layer for layer in self.layers
+            if layer.name.startswith(prefixes) or layer.name in self.num_values
+        ]
+
+    def trunk_layers(self):
+        """Every layer with weights that is not in a branch."""
+        branch = {id(layer) for layer in self.branch_layers()}
+        return [
+            layer for layer in self.layers
+            if id(layer) not in branch and layer.weights
+        ]
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "num_values": self.num_values,
+            "preset": self.preset,
+            "image_size": self.image_size,
+            "width": self.width,
+            "fc_units": self.fc_units,
+            "dropout": self.dropout,
+            "backbone": self.backbone,
+            # Weights travel with the saved model, not by name or path.
+            "weights": None,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+
+def count_flops(model):
+    """Multiply-adds x 2 of one image's forward pass through conv/dense layers.
+
+    Counted from layer shapes: a conv costs 2*k*k*C_in*C_out*H_out*W_out
+    (divided by the group count), a dense layer 2*in*out. Batch norm, ReLU,
+    pooling and softmax are left out (under 1% of the total for the NIN
+    trunk). Nested models (``keras.applications`` backbones) are walked.
+
+    Returns:
+        FLOPs per image (int).
+    """
+    total = 0
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            total += count_flops(layer)
+        elif isinstance(layer, (keras.layers.Conv2D,
+                                keras.layers.DepthwiseConv2D)):
+            _, h, w, c_out = layer.output.shape
+            c_in = layer.input.shape[-1]
+            kh, kw = layer.kernel_size
+            if isinstance(layer, keras.layers.DepthwiseConv2D):
+                total += 2 * kh * kw * c_in * h * w * layer.depth_multiplier
+            else:
+                groups = getattr(layer, "groups", 1)
+                total += 2 * kh * kw * c_in * c_out * h * w // groups
+        elif isinstance(layer, keras.layers.Dense):
+            total += 2 * layer.input.shape[-1] * layer.units
+    return int(total)

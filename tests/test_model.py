@@ -1,0 +1,92 @@
+"""MTN: outputs, presets, serialisation, FLOP counting, trunk/branch split."""
+
+import keras
+import numpy as np
+import pytest
+
+from mtct_tf import attributes
+from mtct_tf import model as model_lib
+
+SCHEMA = attributes.AttributeSchema(
+    "t", [attributes.Attribute("colour", ("red", "green", "blue")),
+          attributes.Attribute("sleeve", ("short", "long"))])
+
+
+def _net(**kwargs):
+    kwargs = {"preset": "tiny", "image_size": 16, **kwargs}
+    return model_lib.MTN(SCHEMA, **kwargs)
+
+
+def test_outputs_are_named_softmax_dicts():
+    net = _net()
+    x = np.random.RandomState(0).uniform(0, 255, (3, 16, 16, 3))
+    out = net(x.astype("float32"))
+    assert set(out) == {"colour", "sleeve", "embedding"}
+    assert out["colour"].shape == (3, 3) and out["sleeve"].shape == (3, 2)
+    np.testing.assert_allclose(np.sum(out["colour"], -1), 1.0, rtol=1e-5)
+    # Embedding = concat of the two branches' second FC layers.
+    assert out["embedding"].shape == (3, 2 * net.fc_units)
+    assert net.get_layer("colour").name == "colour"
+
+
+def test_keras_file_round_trip(tmp_path):
+    net = _net()
+    x = np.random.RandomState(1).uniform(0, 255, (2, 16, 16, 3))
+    x = x.astype("float32")
+    path = str(tmp_path / "m.keras")
+    net.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    assert isinstance(loaded, model_lib.MTN)
+    assert loaded.num_values == net.num_values
+    a, b = net(x), loaded(x)
+    for k in a:
+        np.testing.assert_array_equal(np.asarray(a[k]), np.asarray(b[k]))
+
+
+def test_trunk_and_branches_partition_the_weights():
+    net = _net()
+    branch = net.branch_layers()
+    trunk = net.trunk_layers()
+    names = {layer.name for layer in branch}
+    assert {"colour_fc1", "colour_fc2", "colour_logits", "sleeve_fc1"} <= names
+    assert not names & {layer.name for layer in trunk}
+    n_weights = sum(len(layer.weights) for layer in branch + trunk)
+    assert n_weights == len(net.weights)
+
+
+def test_flops_of_a_known_net():
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3, padding="same")(inputs)  # 2*9*3*4*64
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    x = keras.layers.Dense(5)(x)  # 2*4*5
+    m = keras.Model(inputs, x)
+    assert model_lib.count_flops(m) == 2 * 9 * 3 * 4 * 64 + 2 * 4 * 5
+
+
+def test_paper_preset_matches_the_poster_table():
+    net = model_lib.MTN(SCHEMA, preset="paper")
+    assert net.image_size == 224
+    channels = {layer.name: layer.filters for layer in net.layers
+                if isinstance(layer, keras.layers.Conv2D)}
+    assert channels["conv1"] == 96 and channels["conv4"] == 1024
+    assert channels["conv4_3"] == 384 and channels["conv5_2"] == 512
+    assert net.get_layer("conv2").kernel_size == (5, 5)
+    assert net.get_layer("colour_fc1").units == 1024
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"preset": "huge"}, "preset"),
+    ({"backbone": "vgg"}, "backbone"),
+    ({"weights": "imagenet"}, "NIN trunk"),
+])
+def test_bad_arguments(bad, match):
+    with pytest.raises(ValueError, match=match):
+        _net(**bad)
+
+
+def test_application_backbone_shares_the_heads():
+    net = model_lib.MTN(SCHEMA, preset="tiny", image_size=32,
+                        backbone="mobilenetv3small")
+    out = net(np.zeros((1, 32, 32, 3), "float32"))
+    assert out["sleeve"].shape == (1, 2)
+    assert net.get_layer("backbone") in net.trunk_layers()
