@@ -69,7 +69,8 @@ class CrossDomainConfig:
     weight: float = 1.0
     alpha: float = 1.0
     beta: float = 0.0  # 0: canonical -(alpha + 1) / 2.
-    margin: float = 0.5  # contrastive and triplet hinge only.
+    # Contrastive / triplet hinge margin; 0: the loss's default (1.0 / 0.2).
+    margin: float = 0.0
     normalize: bool = True
 
 

@@ -1,0 +1,231 @@
+"""``CrossDomainModel``: the multi-task and curriculum-transfer training step.
+
+One ``keras.Model`` subclass trains every stage and baseline:
+
+* shop stage, UD, FTT: ``CrossDomainModel(net)`` with no cross-domain loss;
+  batches are ``(images, {attribute: labels})``.
+* MTCT street stage: ``CrossDomainModel(street_net, shop_net, kind=...)``;
+  ``shop_net`` is the frozen stage-1 network ``f_s``, ``street_net`` the
+  network ``f_t`` being fine-tuned (initialised from it). Batches are
+  triplets ``({"image", "positive", "negative"}, {"street": labels,
+  "shop": labels})``: street anchor, shop image of the same item, shop image
+  of another item.
+* end-to-end: ``CrossDomainModel(net, None, kind=..., shop_loss_weight=1)``:
+  ``f_s = f_t = net``, all trainable, shop labels supervised in the same
+  step.
+
+The loss is the masked multi-task cross-entropy on the anchors' labels plus
+``weight`` x the mean cross-domain loss over the batch's triplets (SPEC §4):
+
+    anchor = f_t(I_i)["embedding"],  positive = f_s(I_p)["embedding"],
+    neg_shop = f_s(I_n)["embedding"], neg_street = f_t(I_n)["embedding"].
+
+Every component and the total are tracked by our own metrics (Keras 3's
+``compute_loss`` would not update its ``loss`` tracker from a custom step).
+Under a ``tf.distribute`` strategy each replica's loss is divided by the
+number of replicas before the gradient, so that the summed (all-reduced)
+gradients are those of the global-batch mean.
+"""
+
+import keras
+import tensorflow as tf
+
+from mtct_tf import losses as losses_lib
+
+
+def _mean_loss(value):
+    return keras.metrics.Mean(name=value)
+
+
+@keras.saving.register_keras_serializable(package="mtct_tf")
+class CrossDomainModel(keras.Model):
+    """Trains an ``MTN`` with multi-task and cross-domain losses.
+
+    Args:
+        street: the ``MTN`` being trained (``f_t``).
+        shop: the frozen stage-1 ``MTN`` (``f_s``), or ``None`` to use
+            ``street`` for both (end-to-end training).
+        kind: cross-domain loss: ``"none"``, ``"contrastive"``,
+            ``"triplet"``, ``"tste_poster"`` or ``"tste_canonical"``.
+        weight: weight of the cross-domain loss.
+        alpha, beta, margin, normalize: cross-domain loss parameters
+            (``beta=0`` means the canonical ``-(alpha + 1) / 2``, ``margin=0``
+            the loss's default).
+        attribute_weights: dict attribute -> weight of its cross-entropy
+            (default 1 each).
+        shop_loss_weight: weight of the cross-entropy on the positives' shop
+            labels (end-to-end training); 0 leaves shop labels unused.
+    """
+
+    def __init__(self, street, shop=None, kind="none", weight=1.0, alpha=1.0,
+                 beta=0.0, margin=0.0, normalize=True,
+                 attribute_weights=None, shop_loss_weight=0.0, **kwargs):
+        super().__init__(**kwargs)
+        if kind not in losses_lib.CROSS_DOMAIN_KINDS:
+            raise ValueError(
+                f"`kind` must be one of {losses_lib.CROSS_DOMAIN_KINDS}. "
+                f"Received: kind={kind!r}"
+            )
+        self.street = street
+        self.shop = shop
+        if shop is not None:
+            shop.trainable = False
+        self.kind = kind
+        self.weight = float(weight)
+        self.alpha = float(alpha)
+        self.beta = float(beta)
+        self.margin = float(margin)
+        self.normalize = bool(normalize)
+        self.attribute_names = tuple(street.num_values)
+        self.attribute_weights = dict(attribute_weights or {})
+        unknown = set(self.attribute_weights) - set(self.attribute_names)
+        if unknown:
+            raise ValueError(
+                f"`attribute_weights` names unknown attributes {sorted(unknown)}"
+                f"; the model has {self.attribute_names}"
+            )
+        self.shop_loss_weight = float(shop_loss_weight)
+
+        self.loss_tracker = _mean_loss("loss")
+        self.ce_tracker = _mean_loss("ce")
+        self.cross_tracker = _mean_loss("cross_domain")
+        self.attr_loss = {a: _mean_loss(f"{a}_loss")
+                          for a in self.attribute_names}
+        self.attr_acc = {a: _mean_loss(f"{a}_acc")
+                         for a in self.attribute_names}
+
+    @property
+    def metrics(self):
+        out = [self.loss_tracker, self.ce_tracker]
+        if self.kind != "none":
+            out.append(self.cross_tracker)
+        for a in self.attribute_names:
+            out += [self.attr_loss[a], self.attr_acc[a]]
+        return out
+
+    def call(self, inputs, training=False):
+        if isinstance(inputs, dict):
+            inputs = inputs["image"]
+        return self.street(inputs, training=training)
+
+    def _unpack(self, data):
+        x, y = data[0], data[1]
+        if isinstance(x, dict):
+            street_labels = y["street"] if "street" in y else y
+            return x, street_labels, y.get("shop")
+        return {"image": x}, y, None
+
+    def _forward(self, x, street_labels, shop_labels, training):
+        """Returns (total, ce, cross, per-attribute ce, street outputs)."""
+        outputs = self.street(x["image"], training=training)
+        preds = {a: outputs[a] for a in self.attribute_names}
+        ce, per_attr = losses_lib.multitask_loss(
+            street_labels, preds, self.attribute_weights
+        )
+        total = ce
+        cross = tf.constant(0.0)
+        use_triplets = self.kind != "none" and "positive" in x
+        if use_triplets or (self.shop_loss_weight and shop_labels is not None):
+            f_s = self.shop if self.shop is not None else self.street
+            s_training = training and self.shop is None
+            pos_out = f_s(x["positive"], training=s_training)
+        if use_triplets:
+            neg_shop = f_s(x["negative"], training=s_training)["embedding"]
+            neg_street = self.street(x["negative"], training=training)
+            per_triplet = losses_lib.cross_domain_loss(
+                self.kind, outputs["embedding"], pos_out["embedding"],
+                neg_shop, neg_street["embedding"], alpha=self.alpha,
+                beta=self.beta or None, margin=self.margin or None,
+                normalize=self.normalize,
+            )
+            cross = tf.reduce_mean(per_triplet)
+            total = total + self.weight * cross
+        if self.shop_loss_weight and shop_labels is not None:
+            shop_ce, _ = losses_lib.multitask_loss(
+                shop_labels, {a: pos_out[a] for a in self.attribute_names},
+                self.attribute_weights,
+            )
+            total = total + self.shop_loss_weight * shop_ce
+        return total, ce, cross, per_attr, preds
+
+    def _track(self, total, ce, cross, per_attr, preds, labels):
+        self.loss_tracker.update_state(total)
+        self.ce_tracker.update_state(ce)
+        if self.kind != "none":
+            self.cross_tracker.update_state(cross)
+        for a in self.attribute_names:
+            y = tf.cast(tf.reshape(labels[a], [-1]), tf.int32)
+            mask = tf.cast(y >= 0, tf.float32)
+            hit = tf.cast(
+                tf.equal(tf.argmax(preds[a], -1, output_type=tf.int32), y),
+                tf.float32,
+            )
+            # Mean of per-attribute losses over batches with labels only.
+            self.attr_loss[a].update_state(
+                per_attr[a], sample_weight=tf.minimum(tf.reduce_sum(mask), 1.)
+            )
+            self.attr_acc[a].update_state(hit, sample_weight=mask)
+        return {m.name: m.result() for m in self.metrics}
+
+    def train_step(self, data):
+        x, street_labels, shop_labels = self._unpack(data)
+        with tf.GradientTape() as tape:
+            total, ce, cross, per_attr, preds = self._forward(
+                x, street_labels, shop_labels, training=True
+            )
+            replicas = tf.distribute.get_strategy().num_replicas_in_sync
+            scaled = total / tf.cast(replicas, total.dtype)
+            if self.optimizer is not None and hasattr(
+                    self.optimizer, "scale_loss"):
+                scaled = self.optimizer.scale_loss(scaled)
+        variables = self.trainable_variables
+        grads = tape.gradient(scaled, variables)
+        self.optimizer.apply_gradients(zip(grads, variables))
+        return self._track(total, ce, cross, per_attr, preds, street_labels)
+
+    def test_step(self, data):
+        x, street_labels, shop_labels = self._unpack(data)
+        total, ce, cross, per_attr, preds = self._forward(
+            x, street_labels, shop_labels, training=False
+        )
+        return self._track(total, ce, cross, per_attr, preds, street_labels)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "street": keras.saving.serialize_keras_object(self.street),
+            "shop": (None if self.shop is None
+                     else keras.saving.serialize_keras_object(self.shop)),
+            "kind": self.kind,
+            "weight": self.weight,
+            "alpha": self.alpha,
+            "beta": self.beta,
+            "margin": self.margin,
+            "normalize": self.normalize,
+            "attribute_weights": self.attribute_weights,
+            "shop_loss_weight": self.shop_loss_weight,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["street"] = keras.saving.deserialize_keras_object(
+            config["street"]
+        )
+        if config.get("shop") is not None:
+            config["shop"] = keras.saving.deserialize_keras_object(
+                config["shop"]
+            )
+        return cls(**config)
+
+
+def freeze_trunk(net):
+    """Makes only the FC branches of ``net`` trainable (``finetune: fc``).
+
+    Frozen batch-norm layers then run in inference mode (Keras 3), so the
+    trunk computes exactly what the shop network computes. Compile after
+    calling this: Keras fixes the trainable set at compile time.
+    """
+    for layer in net.trunk_layers():
+        layer.trainable = False
+    return net
