@@ -1,0 +1,699 @@
+"""Masked multi-task attribute losses and cross-domain embedding losses.
+
+Every loss is a pure function in ``keras.ops`` (backend-neutral; returns one
+value per sample or per triplet) plus a thin ``keras.losses.Loss`` wrapper that
+Keras can compile and serialize (``package="mtct_tf"``).
+
+Label coding (see ``mtct_tf.attributes``):
+- softmax attributes: ``y_true`` int ``[B]`` (or ``[B, 1]``) in ``[0, K)``,
+  ``-1`` = missing;
+- multi-label (binary) attributes: ``y_true`` ``[B, A]`` with ``1`` =
+  positive, ``0`` = negative, ``-1`` = unknown. The project codes a missing
+  label as -1 everywhere, so DeepFashion's ``1 / -1 / 0(unknown)`` files are
+  re-coded to ``1 / 0 / -1`` when read.
+
+Cross-domain losses act on embeddings of a triplet (SPEC §4): anchor
+``a = f_t(I_i)`` (street image through the street network), positive
+``p = f_s(I_p)`` (the shop image of the same item through the shop network)
+and a negative item ``I_n`` seen as ``n_s = f_s(I_n)`` and ``n_t = f_t(I_n)``.
+"""
+
+import keras
+from keras import ops
+
+from mtct_tf.attributes import MULTILABEL, SOFTMAX
+
+CROSS_DOMAIN_KINDS = (
+    "none",
+    "contrastive",
+    "triplet",
+    "tste_poster",
+    "tste_canonical",
+)
+DEFAULT_MARGINS = {"contrastive": 1.0, "triplet": 0.2}
+_NORM_EPSILON = 1e-12
+
+
+# === Masked attribute losses ===
+
+
+def _labels_1d(y_true, y_pred):
+    """Casts labels to int32 and drops a trailing unit axis (``[B, 1]``)."""
+    y_true = ops.convert_to_tensor(y_true)
+    if len(y_true.shape) == len(y_pred.shape):
+        y_true = ops.squeeze(y_true, axis=-1)
+    return ops.cast(y_true, "int32")
+
+
+def masked_sparse_categorical_crossentropy(y_true, y_pred, from_logits=False):
+    """Per-sample softmax cross-entropy, 0 where the label is missing.
+
+    ``l_b = -log softmax(y_pred_b)[y_b]`` (or ``-log p_b[y_b]`` from
+    probabilities) when ``y_b >= 0``, else ``0``. A missing sample contributes
+    neither loss nor gradient (its label is replaced by a valid dummy before
+    the cross-entropy so no NaN can leak through ``where``).
+
+    Args:
+        y_true: int ``[B]`` or ``[B, 1]``, ``-1`` = missing.
+        y_pred: ``[B, K]`` probabilities, or logits with ``from_logits=True``.
+        from_logits: whether ``y_pred`` holds logits.
+
+    Returns:
+        ``[B]`` per-sample losses.
+    """
+    y_pred = ops.convert_to_tensor(y_pred)
+    labels = _labels_1d(y_true, y_pred)
+    known = labels >= 0
+    safe = ops.where(known, labels, ops.zeros_like(labels))
+    ce = ops.sparse_categorical_crossentropy(
+        safe, y_pred, from_logits=from_logits
+    )
+    return ops.where(known, ce, ops.zeros_like(ce))
+
+
+def _masked_bce_elements(y_true, y_pred, from_logits):
+    y_pred = ops.convert_to_tensor(y_pred)
+    y_true = ops.cast(ops.convert_to_tensor(y_true), y_pred.dtype)
+    known = y_true >= 0
+    safe = ops.where(known, y_true, ops.zeros_like(y_true))
+    bce = ops.binary_crossentropy(safe, y_pred, from_logits=from_logits)
+    bce = ops.where(known, bce, ops.zeros_like(bce))
+    return bce, ops.cast(known, y_pred.dtype)
+
+
+def masked_binary_crossentropy(y_true, y_pred, from_logits=False):
+    """Per-sample binary cross-entropy over the known binary labels.
+
+    ``l_b = sum_j m_bj * BCE(y_bj, y_pred_bj) / max(sum_j m_bj, 1)`` with
+    ``m_bj = [y_bj != -1]``: the mean over the sample's known attributes, 0
+    when it has none (like ``keras.losses.binary_crossentropy``, which means
+    over the last axis).
+
+    Args:
+        y_true: ``[B, A]``, 1 = positive, 0 = negative, -1 = unknown.
+        y_pred: ``[B, A]`` sigmoid probabilities, or logits with
+            ``from_logits=True``.
+        from_logits: whether ``y_pred`` holds logits.
+
+    Returns:
+        ``[B]`` per-sample losses.
+    """
+    bce, known = _masked_bce_elements(y_true, y_pred, from_logits)
+    count = ops.sum(known, axis=-1)
+    return ops.sum(bce, axis=-1) / ops.maximum(count, 1.0)
+
+
+def _num_replicas():
+    if keras.backend.backend() != "tensorflow":
+        return 1
+    import tensorflow as tf
+
+    return tf.distribute.get_strategy().num_replicas_in_sync
+
+
+def _global_count(count):
+    """Sums ``count`` over the replicas of a tf.distribute strategy.
+
+    Outside a strategy, in cross-replica context or on other backends the
+    local count is returned unchanged.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return count
+    import tensorflow as tf
+
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return count
+    return context.all_reduce(tf.distribute.ReduceOp.SUM, count)
+
+
+def _rescale_for_masked_mean(values, count, cross_replica):
+    """Scales per-sample values so that Keras' mean gives the masked mean.
+
+    Keras reduces ``"sum_over_batch_size"`` as ``sum(values) / B`` and, under
+    a tf.distribute strategy with ``R`` replicas, further divides each
+    replica's loss by ``R`` before the gradients are summed over replicas.
+    Returning ``values * B * R / max(C, 1)``, with ``C`` the number of
+    labelled entries *over all replicas*, makes the optimised loss
+    ``sum(values over all replicas) / C``: the exact global masked mean. With
+    ``cross_replica=False``, ``C`` and ``R`` are local (``R = 1``), giving
+    each replica's own masked mean, which Keras then averages over replicas.
+    """
+    count = ops.cast(count, values.dtype)
+    replicas = 1
+    if cross_replica:
+        count = _global_count(count)
+        replicas = _num_replicas()
+    batch = ops.cast(ops.shape(values)[0], values.dtype)
+    scale = batch * replicas / ops.maximum(count, 1.0)
+    return values * ops.stop_gradient(scale)
+
+
+@keras.saving.register_keras_serializable(package="mtct_tf")
+class MaskedSparseCategoricalCrossentropy(keras.losses.Loss):
+    """Softmax cross-entropy averaged over the labelled samples only.
+
+    ``L = sum_{b: y_b >= 0} l_b / max(#{b: y_b >= 0}, 1)`` with ``l_b`` from
+    ``masked_sparse_categorical_crossentropy``: missing labels do not dilute
+    the loss, and a batch with no label gives exactly 0 (with zero, finite
+    gradients).
+
+    Keras' default reduction divides by the batch size ``B``, so ``call``
+    returns the per-sample losses multiplied by ``B / count`` (see
+    ``_rescale_for_masked_mean``); the reduced value is then the masked mean
+    and the class works as is in ``compile(loss={attr: ...})``. A
+    ``sample_weight`` multiplies the per-sample losses before the division by
+    the count. Other reductions see the rescaled values (``"sum"`` gives
+    ``B`` times the masked mean); keep the default.
+
+    Under a tf.distribute strategy Keras divides each replica's loss by the
+    number of replicas and sums the gradients. With ``cross_replica=True``
+    (default) the count of labelled samples is all-reduced over the replicas,
+    so the optimised and the reported loss are the masked mean over the
+    global batch, exactly as on one device. With ``False`` each replica
+    normalises by its own count, giving the mean over replicas of
+    per-replica masked means.
+
+    Args:
+        from_logits: whether predictions are logits (else probabilities).
+        cross_replica: normalise by the global count under a strategy.
+        name, reduction, dtype: as for ``keras.losses.Loss``.
+    """
+
+    def __init__(
+        self,
+        from_logits=False,
+        cross_replica=True,
+        name="masked_sparse_categorical_crossentropy",
+        reduction="sum_over_batch_size",
+        dtype=None,
+    ):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.from_logits = bool(from_logits)
+        self.cross_replica = bool(cross_replica)
+
+    def call(self, y_true, y_pred):
+        values = masked_sparse_categorical_crossentropy(
+            y_true, y_pred, from_logits=self.from_logits
+        )
+        count = ops.sum(ops.cast(_labels_1d(y_true, y_pred) >= 0, "int32"))
+        return _rescale_for_masked_mean(values, count, self.cross_replica)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            from_logits=self.from_logits, cross_replica=self.cross_replica
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="mtct_tf")
+class MaskedBinaryCrossentropy(keras.losses.Loss):
+    """Binary cross-entropy averaged over the known (image, attribute) pairs.
+
+    ``L = sum_{b,j} m_bj * BCE(y_bj, y_pred_bj) / max(sum_{b,j} m_bj, 1)``
+    with ``m_bj = [y_bj != -1]``: every known binary label weighs the same,
+    whatever the number of known labels of its image. ``call`` returns
+    per-sample sums scaled by ``B / count`` so that Keras' default reduction
+    yields this mean; tf.distribute handling as in
+    ``MaskedSparseCategoricalCrossentropy``.
+
+    Args:
+        from_logits: whether predictions are logits (else probabilities).
+        cross_replica: normalise by the global count under a strategy.
+        name, reduction, dtype: as for ``keras.losses.Loss``.
+    """
+
+    def __init__(
+        self,
+        from_logits=False,
+        cross_replica=True,
+        name="masked_binary_crossentropy",
+        reduction="sum_over_batch_size",
+        dtype=None,
+    ):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.from_logits = bool(from_logits)
+        self.cross_replica = bool(cross_replica)
+
+    def call(self, y_true, y_pred):
+        bce, known = _masked_bce_elements(y_true, y_pred, self.from_logits)
+        values = ops.sum(bce, axis=-1)
+        return _rescale_for_masked_mean(
+            values, ops.sum(known), self.cross_replica
+        )
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            from_logits=self.from_logits, cross_replica=self.cross_replica
+        )
+        return config
+
+
+def _infer_kind(y_true, y_pred):
+    y_true = ops.convert_to_tensor(y_true)
+    if (
+        len(y_true.shape) == len(y_pred.shape)
+        and y_true.shape[-1] == y_pred.shape[-1]
+        and y_pred.shape[-1] != 1
+    ):
+        return MULTILABEL
+    return SOFTMAX
+
+
+def multitask_loss(y_true, y_pred, weights=None, from_logits=False, kinds=None):
+    """Weighted sum of per-attribute masked losses (stage 1 and 2).
+
+    ``total = sum_a w_a * L_a`` where ``L_a`` is the masked mean of attribute
+    ``a`` over the batch (softmax cross-entropy over its labelled samples, or
+    binary cross-entropy over its known binary labels), ``w_a`` defaults to 1.
+    An attribute with no label in the batch contributes 0. The means are
+    local to the caller's batch: under tf.distribute a custom train step
+    divides by the number of replicas as usual (or uses the Loss classes,
+    which normalise globally).
+
+    Args:
+        y_true: dict attribute -> labels (see the module docstring).
+        y_pred: dict attribute -> predictions; its keys name the attributes.
+        weights: optional dict attribute -> weight (absent = 1.0).
+        from_logits: whether predictions are logits.
+        kinds: optional dict attribute -> ``"softmax"`` / ``"multilabel"``;
+            by default ``[B, A]`` labels of the prediction's shape are
+            multi-label and anything else is softmax.
+
+    Returns:
+        ``(total, per_attribute)``: a scalar and a dict attribute -> scalar
+        (unweighted).
+
+    Raises:
+        KeyError: ``y_true`` lacks an attribute of ``y_pred``.
+        ValueError: ``weights`` or ``kinds`` name an unknown attribute, or a
+            kind is not one of the two.
+    """
+    weights = dict(weights or {})
+    kinds = dict(kinds or {})
+    for what, d in (("weights", weights), ("kinds", kinds)):
+        unknown = sorted(set(d) - set(y_pred))
+        if unknown:
+            raise ValueError(
+                f"`{what}` names attributes that are not predicted: "
+                f"{unknown}. Received: {what} keys={sorted(d)}"
+            )
+    absent = [a for a in y_pred if a not in y_true]
+    if absent:
+        raise KeyError(f"`y_true` has no labels for attribute(s) {absent}")
+    per_attribute = {}
+    total = None
+    for name, pred in y_pred.items():
+        pred = ops.convert_to_tensor(pred)
+        kind = kinds.get(name) or _infer_kind(y_true[name], pred)
+        if kind == SOFTMAX:
+            labels = _labels_1d(y_true[name], pred)
+            values = masked_sparse_categorical_crossentropy(
+                labels, pred, from_logits=from_logits
+            )
+            count = ops.sum(ops.cast(labels >= 0, values.dtype))
+        elif kind == MULTILABEL:
+            values, known = _masked_bce_elements(
+                y_true[name], pred, from_logits
+            )
+            count = ops.sum(known)
+        else:
+            raise ValueError(
+                f"Attribute kinds are {SOFTMAX!r} or {MULTILABEL!r}. "
+                f"Received: kinds[{name!r}]={kind!r}"
+            )
+        loss = ops.sum(values) / ops.maximum(count, 1.0)
+        per_attribute[name] = loss
+        weighted = loss * weights.get(name, 1.0)
+        total = weighted if total is None else total + weighted
+    if total is None:
+        raise ValueError("`y_pred` holds no attribute.")
+    return total, per_attribute
+
+
+# === Cross-domain embedding losses ===
+
+
+def l2_normalize(x, epsilon=_NORM_EPSILON):
+    """``x / max(||x||, sqrt(epsilon))`` along the last axis."""
+    x = ops.convert_to_tensor(x)
+    sq = ops.sum(ops.square(x), axis=-1, keepdims=True)
+    return x * ops.rsqrt(ops.maximum(sq, epsilon))
+
+
+def squared_distance(x, y):
+    """``||x - y||^2`` along the last axis: ``[B, D], [B, D] -> [B]``."""
+    return ops.sum(ops.square(x - y), axis=-1)
+
+
+def default_beta(alpha):
+    """Canonical t-STE exponent ``-(alpha + 1) / 2`` (Student-t, alpha dof)."""
+    return -(alpha + 1.0) / 2.0
+
+
+def _check_alpha_beta(alpha, beta, negative_only):
+    if not alpha > 0:
+        raise ValueError(
+            f"`alpha` (degrees of freedom) must be > 0. Received: alpha={alpha}"
+        )
+    beta = default_beta(alpha) if beta is None else float(beta)
+    if negative_only and not beta < 0:
+        raise ValueError(
+            "The canonical t-STE needs a kernel that decreases with "
+            f"distance, i.e. beta < 0. Received: beta={beta}"
+        )
+    if beta == 0:
+        raise ValueError(
+            "`beta` = 0 makes the kernel constant (no learning signal). "
+            f"Received: beta={beta}"
+        )
+    return float(alpha), beta
+
+
+def _log_kernel(sq_dist, alpha, beta):
+    # log K = beta * log(1 + d / alpha): log1p keeps small distances exact and
+    # working in the log domain avoids under/overflow of K for large |beta|.
+    return beta * ops.log1p(sq_dist / alpha)
+
+
+def tste_kernel(sq_dist, alpha=1.0, beta=None):
+    """Student-t kernel ``K = (1 + d / alpha) ** beta`` of squared distances.
+
+    Args:
+        sq_dist: squared distances ``d >= 0``.
+        alpha: degrees of freedom, > 0.
+        beta: exponent; ``None`` means ``-(alpha + 1) / 2``. With ``beta < 0``
+            ``K`` falls from 1 (``d = 0``) towards 0 as ``d`` grows.
+
+    Returns:
+        ``K``, same shape as ``sq_dist``.
+    """
+    if not alpha > 0:
+        raise ValueError(f"`alpha` must be > 0. Received: alpha={alpha}")
+    beta = default_beta(alpha) if beta is None else beta
+    return ops.exp(_log_kernel(ops.convert_to_tensor(sq_dist), alpha, beta))
+
+
+def _prepare(normalize, *embeddings):
+    embeddings = [
+        None if e is None else ops.convert_to_tensor(e) for e in embeddings
+    ]
+    shapes = {tuple(e.shape) for e in embeddings if e is not None}
+    ranks = {len(s) for s in shapes}
+    if ranks != {2}:
+        raise ValueError(
+            "Triplet embeddings must all be [B, D]. Received shapes: "
+            f"{[None if e is None else tuple(e.shape) for e in embeddings]}"
+        )
+    if normalize:
+        embeddings = [
+            None if e is None else l2_normalize(e) for e in embeddings
+        ]
+    return embeddings
+
+
+def _need_street(neg_street, why):
+    if neg_street is None:
+        raise ValueError(
+            f"{why} needs `neg_street` = f_t(I_n). Received: neg_street=None"
+        )
+
+
+def tste_poster_loss(
+    anchor, positive, neg_shop, neg_street, alpha=1.0, beta=None,
+    normalize=True,
+):
+    """The poster's cross-domain t-STE loss, per triplet.
+
+    Poster: ``log [K(a, p) / (K(a, n_s) + K(a, n_t))]`` with
+    ``K(x, y) = (1 + ||x - y||^2 / alpha) ** beta``.
+
+    Sign convention: the returned value is the quantity to *minimise*, and it
+    must fall as the anchor approaches the positive and leaves the negatives.
+    With ``beta < 0`` (default ``-(alpha + 1) / 2``) ``K`` decreases with
+    distance, so that quantity is ``-log ratio``; with ``beta > 0`` ``K``
+    grows with distance and the poster's ``+log ratio`` is already right. In
+    general::
+
+        loss = sign(beta) * log [K(a, p) / (K(a, n_s) + K(a, n_t))]
+
+    Boundedness: the ratio has no positive term in its denominator, so with
+    ``beta < 0`` the loss tends to ``-inf`` as the negatives move away
+    (``K(a, n) -> 0``); training could then spread embeddings without bound
+    instead of matching items. With ``normalize=True`` (default) embeddings
+    are L2-normalised, squared distances lie in ``[0, 4]``, and with
+    ``L = |beta| * log(1 + 4 / alpha)`` the loss lies in
+    ``[log 2 - L, log 2 + L]`` for ``beta < 0`` and in
+    ``[-log 2 - L, -log 2 + L]`` for ``beta > 0``. It may be negative.
+
+    Args:
+        anchor, positive, neg_shop, neg_street: ``[B, D]`` embeddings
+            ``f_t(I_i)``, ``f_s(I_p)``, ``f_s(I_n)``, ``f_t(I_n)``.
+        alpha: degrees of freedom, > 0.
+        beta: kernel exponent, non-zero; ``None`` = ``-(alpha + 1) / 2``.
+        normalize: L2-normalise the embeddings first.
+
+    Returns:
+        ``[B]`` per-triplet losses.
+    """
+    _need_street(neg_street, "The poster t-STE")
+    alpha, beta = _check_alpha_beta(alpha, beta, negative_only=False)
+    a, p, ns, nt = _prepare(normalize, anchor, positive, neg_shop, neg_street)
+    log_pos = _log_kernel(squared_distance(a, p), alpha, beta)
+    log_neg = ops.logaddexp(
+        _log_kernel(squared_distance(a, ns), alpha, beta),
+        _log_kernel(squared_distance(a, nt), alpha, beta),
+    )
+    sign = 1.0 if beta > 0 else -1.0
+    return sign * (log_pos - log_neg)
+
+
+def tste_canonical_loss(
+    anchor, positive, neg_shop, neg_street=None, alpha=1.0, beta=None,
+    normalize=True, include_street_negative=False,
+):
+    """Canonical t-STE (van der Maaten & Weinberger, 2012), per triplet.
+
+    ``p = K(a, p) / (K(a, p) + K(a, n_s))`` and ``loss = -log p``, with
+    ``K`` the Student-t kernel and ``beta < 0`` (default
+    ``-(alpha + 1) / 2``). The negative is the shop image through the shop
+    network, as in the survey's reading; ``include_street_negative=True``
+    adds ``K(a, n_t)`` to the denominator (the poster's extra term). The loss
+    is always >= 0 and bounded above by ``log(1 + m) + |beta| log(1 + 4 /
+    alpha)`` (``m`` negatives) with normalised embeddings.
+
+    Args:
+        anchor, positive, neg_shop: ``[B, D]`` ``f_t(I_i)``, ``f_s(I_p)``,
+            ``f_s(I_n)``.
+        neg_street: ``[B, D]`` ``f_t(I_n)``; used only with
+            ``include_street_negative``.
+        alpha: degrees of freedom, > 0.
+        beta: kernel exponent, < 0; ``None`` = ``-(alpha + 1) / 2``.
+        normalize: L2-normalise the embeddings first.
+        include_street_negative: add the ``f_t(I_n)`` term.
+
+    Returns:
+        ``[B]`` per-triplet losses.
+    """
+    alpha, beta = _check_alpha_beta(alpha, beta, negative_only=True)
+    if include_street_negative:
+        _need_street(neg_street, "include_street_negative=True")
+    else:
+        neg_street = None
+    a, p, ns, nt = _prepare(normalize, anchor, positive, neg_shop, neg_street)
+    log_pos = _log_kernel(squared_distance(a, p), alpha, beta)
+    log_den = ops.logaddexp(
+        log_pos, _log_kernel(squared_distance(a, ns), alpha, beta)
+    )
+    if nt is not None:
+        log_den = ops.logaddexp(
+            log_den, _log_kernel(squared_distance(a, nt), alpha, beta)
+        )
+    return log_den - log_pos
+
+
+def _distance(sq_dist):
+    # sqrt has an infinite derivative at 0; the clamp gives a zero gradient
+    # there instead of NaN.
+    return ops.sqrt(ops.maximum(sq_dist, _NORM_EPSILON))
+
+
+def _negatives(neg_shop, neg_street, include_street_negative):
+    if include_street_negative:
+        _need_street(neg_street, "include_street_negative=True")
+        return neg_shop, neg_street
+    return neg_shop, None
+
+
+def contrastive_loss(
+    anchor, positive, neg_shop, neg_street=None, margin=1.0, normalize=True,
+    include_street_negative=False,
+):
+    """Contrastive loss (Hadsell et al., 2006) on the triplet's pairs.
+
+    ``loss = 0.5 * d(a, p)^2 + 0.5 * sum_n max(0, margin - d(a, n))^2`` with
+    Euclidean ``d`` and ``n`` in ``{n_s}`` (plus ``n_t`` with
+    ``include_street_negative``): the positive pair is pulled together, the
+    negative pairs are pushed beyond ``margin``. Normalised distances lie in
+    ``[0, 2]``.
+
+    Returns:
+        ``[B]`` per-triplet losses.
+    """
+    if not margin > 0:
+        raise ValueError(f"`margin` must be > 0. Received: margin={margin}")
+    ns, nt = _negatives(neg_shop, neg_street, include_street_negative)
+    a, p, ns, nt = _prepare(normalize, anchor, positive, ns, nt)
+    loss = 0.5 * squared_distance(a, p)
+    for n in (ns, nt):
+        if n is not None:
+            gap = ops.relu(margin - _distance(squared_distance(a, n)))
+            loss = loss + 0.5 * ops.square(gap)
+    return loss
+
+
+def triplet_loss(
+    anchor, positive, neg_shop, neg_street=None, margin=0.2, normalize=True,
+    include_street_negative=False,
+):
+    """Triplet hinge loss (FaceNet, Schroff et al., 2015).
+
+    ``loss = sum_n max(0, d(a, p)^2 - d(a, n)^2 + margin)`` on squared
+    Euclidean distances (FaceNet's choice; normalised they lie in ``[0, 4]``)
+    with ``n`` in ``{n_s}`` (plus ``n_t`` with ``include_street_negative``).
+
+    Returns:
+        ``[B]`` per-triplet losses.
+    """
+    if not margin > 0:
+        raise ValueError(f"`margin` must be > 0. Received: margin={margin}")
+    ns, nt = _negatives(neg_shop, neg_street, include_street_negative)
+    a, p, ns, nt = _prepare(normalize, anchor, positive, ns, nt)
+    d_pos = squared_distance(a, p)
+    loss = None
+    for n in (ns, nt):
+        if n is not None:
+            hinge = ops.relu(d_pos - squared_distance(a, n) + margin)
+            loss = hinge if loss is None else loss + hinge
+    return loss
+
+
+def cross_domain_loss(
+    kind, anchor, positive, neg_shop, neg_street=None, *, alpha=1.0,
+    beta=None, margin=None, normalize=True, include_street_negative=False,
+):
+    """Per-triplet cross-domain loss, selected by name.
+
+    Args:
+        kind: ``"none"`` (zeros: no cross-domain term, e.g. the FTT
+            ablation), ``"contrastive"``, ``"triplet"``, ``"tste_poster"``
+            (both negatives, always) or ``"tste_canonical"``.
+        anchor, positive, neg_shop, neg_street: ``[B, D]`` embeddings
+            ``f_t(I_i)``, ``f_s(I_p)``, ``f_s(I_n)``, ``f_t(I_n)``.
+        alpha, beta: t-STE kernel parameters (t-STE kinds only).
+        margin: contrastive / triplet margin; ``None`` = 1.0 / 0.2.
+        normalize: L2-normalise embeddings first (keeps the poster form
+            bounded; see ``tste_poster_loss``).
+        include_street_negative: also use ``f_t(I_n)`` in the contrastive,
+            triplet and canonical t-STE losses.
+
+    Returns:
+        ``[B]`` per-triplet losses (the poster sums them; the Loss class
+        averages, so the loss weight does not depend on the batch size).
+    """
+    if kind not in CROSS_DOMAIN_KINDS:
+        raise ValueError(
+            f"`kind` must be one of {CROSS_DOMAIN_KINDS}. Received: "
+            f"kind={kind!r}"
+        )
+    if kind == "none":
+        anchor = ops.convert_to_tensor(anchor)
+        return ops.zeros_like(anchor[:, 0])
+    if kind == "tste_poster":
+        return tste_poster_loss(
+            anchor, positive, neg_shop, neg_street, alpha=alpha, beta=beta,
+            normalize=normalize,
+        )
+    if kind == "tste_canonical":
+        return tste_canonical_loss(
+            anchor, positive, neg_shop, neg_street, alpha=alpha, beta=beta,
+            normalize=normalize,
+            include_street_negative=include_street_negative,
+        )
+    fn = contrastive_loss if kind == "contrastive" else triplet_loss
+    return fn(
+        anchor, positive, neg_shop, neg_street,
+        margin=DEFAULT_MARGINS[kind] if margin is None else margin,
+        normalize=normalize, include_street_negative=include_street_negative,
+    )
+
+
+TRIPLET_KEYS = ("anchor", "positive", "neg_shop", "neg_street")
+
+
+@keras.saving.register_keras_serializable(package="mtct_tf")
+class CrossDomainLoss(keras.losses.Loss):
+    """``cross_domain_loss`` as a Keras loss (mean over triplets by default).
+
+    ``y_true`` is ignored (pass any tensor). ``y_pred`` is either a dict with
+    keys ``anchor``, ``positive``, ``neg_shop`` and optionally
+    ``neg_street``, or a stacked ``[B, 3 or 4, D]`` tensor in that order.
+    Arguments mirror ``cross_domain_loss``.
+    """
+
+    def __init__(
+        self,
+        kind="tste_canonical",
+        alpha=1.0,
+        beta=None,
+        margin=None,
+        normalize=True,
+        include_street_negative=False,
+        name="cross_domain_loss",
+        reduction="sum_over_batch_size",
+        dtype=None,
+    ):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        if kind not in CROSS_DOMAIN_KINDS:
+            raise ValueError(
+                f"`kind` must be one of {CROSS_DOMAIN_KINDS}. Received: "
+                f"kind={kind!r}"
+            )
+        if kind.startswith("tste"):
+            _check_alpha_beta(alpha, beta, kind == "tste_canonical")
+        if margin is not None and not margin > 0:
+            raise ValueError(
+                f"`margin` must be > 0. Received: margin={margin}"
+            )
+        self.kind = kind
+        self.alpha = float(alpha)
+        self.beta = None if beta is None else float(beta)
+        self.margin = None if margin is None else float(margin)
+        self.normalize = bool(normalize)
+        self.include_street_negative = bool(include_street_negative)
+
+    def call(self, y_true, y_pred):
+        if isinstance(y_pred, dict):
+            parts = [y_pred.get(k) for k in TRIPLET_KEYS]
+        else:
+            parts = [y_pred[:, i] for i in range(y_pred.shape[1])]
+            parts += [None] * (4 - len(parts))
+        return cross_domain_loss(
+            self.kind, *parts, alpha=self.alpha, beta=self.beta,
+            margin=self.margin, normalize=self.normalize,
+            include_street_negative=self.include_street_negative,
+        )
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            kind=self.kind,
+            alpha=self.alpha,
+            beta=self.beta,
+            margin=self.margin,
+            normalize=self.normalize,
+            include_street_negative=self.include_street_negative,
+        )
+        return config
