@@ -1,0 +1,614 @@
+"""X-Domain-synth: a procedural shop / street clothing image renderer.
+
+X-Domain cannot be downloaded (SPEC §7), so this module draws a stand-in with
+its structure: items with the 9 attributes of ``synth_schema()``, a clean
+frontal shop image and harder street images per item (the same garment worn
+by a simple figure in a cluttered, degraded scene, with its box), labels
+missing at random and splits by item. Every value is drawn: the category sets
+the silhouette and trims, ``length`` the hem, ``shape`` the width, ``collar``
+the neckline, sleeves their length and profile, buttons are dots down the
+front and the pattern fills the garment in its colour.
+
+Everything is a function of ``(seed, item index)``, so the output does not
+depend on the worker count. The parameters below are fixed before methods
+are compared (SPEC §7) and are never tuned per method.
+"""
+
+import contextlib
+import functools
+import io
+import json
+import multiprocessing
+import os
+import sys
+import time
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
+
+from mtct_tf.attributes import synth_schema
+
+# === Fixed rendering parameters (SPEC §7: never tuned per method) ===
+SUPERSAMPLE = 2  # Draw at 2x and box-downsample: cheap anti-aliasing.
+SHOP_JPEG_QUALITY = 92
+SHOP_SCALE = 0.85  # Pixels per garment unit, as a fraction of the side.
+STREET_JPEG_QUALITY = (30, 75)
+STREET_SIZE = (0.35, 0.70)  # Longer garment box side / image side.
+STREET_ROTATION_DEG = 8.0
+STREET_GAIN = (0.8, 1.2)  # Per-channel colour cast.
+STREET_BRIGHTNESS = (0.7, 1.15)
+STREET_BLUR = (0.0, 1.0)  # Box blur radius in output pixels.
+STREET_NOISE = (2.0, 8.0)  # Gaussian sigma in grey levels.
+OCCLUSION_PROB = 0.6
+OCCLUSION_AREA = (0.08, 0.25)  # Occluder area / garment box area.
+
+PALETTE = {
+    "red": (200, 30, 35), "orange": (240, 130, 20), "yellow": (245, 215, 40),
+    "green": (40, 150, 60), "teal": (0, 140, 140), "blue": (35, 70, 190),
+    "purple": (120, 50, 160), "pink": (240, 140, 180),
+    "black": (25, 25, 28), "white": (245, 245, 242),
+}
+SKIN = ((241, 194, 160), (224, 172, 105), (198, 134, 66), (141, 85, 36),
+        (92, 58, 38))
+TROUSERS = ((50, 60, 100), (30, 30, 35), (110, 110, 115), (170, 150, 110))
+# Garment geometry in unit coordinates: neck centre at (0, 0), y down, a
+# regular body 0.31 wide.
+SHAPE_WIDTH = {"slim": 0.8, "regular": 1.0, "loose": 1.25}
+BASE_LENGTH = {"tshirt": 0.42, "blouse": 0.42, "dress": 0.68, "coat": 0.68,
+               "jacket": 0.46}
+LENGTH_FACTOR = {"short": 0.78, "regular": 1.0, "long": 1.25}
+SLEEVE_LENGTH = {"short": 0.12, "elbow": 0.25, "long": 0.44}
+NECK_DEPTH = {"round": 0.055, "v_neck": 0.14, "shirt_collar": 0.07,
+              "turtleneck": 0.01}
+NW = 0.055  # Neck half-width.
+MIRROR = np.array([-1.0, 1.0])
+
+
+def _shade(rgb, k):
+    """Darkens (k < 0) or lightens (k > 0) a colour by the fraction |k|."""
+    c = np.asarray(rgb, np.float64)
+    c = c + (255.0 - c) * k if k > 0 else c * (1.0 + k)
+    return tuple(int(v) for v in np.clip(c, 0, 255))
+
+
+def sample_attributes(rng, forced=None):
+    """Samples one item's attribute values uniformly and independently.
+
+    Independence keeps attributes from being shortcuts for each other; only
+    ``sleeve_shape`` is undefined (``None``) for sleeveless garments.
+
+    Args:
+        rng: a ``numpy.random.Generator``.
+        forced: optional dict of values to use instead of sampled ones; all
+            values are still drawn, so the rest of the stream is unchanged.
+
+    Returns:
+        Dict attribute name -> value name (or ``None``), in schema order.
+    """
+    schema = synth_schema()
+    attrs = {a.name: a.values[rng.integers(a.num_values)] for a in schema}
+    for name, value in (forced or {}).items():
+        schema[name].index(value)  # Raises a KeyError naming the values.
+        attrs[name] = value
+    if attrs["sleeve_length"] == "sleeveless":
+        attrs["sleeve_shape"] = None
+    return attrs
+
+
+def _garment(a, rng):
+    """Builds one garment as ``(role, points)`` ops in unit coordinates.
+
+    Roles: ``fabric`` (patterned, outlined), ``solid``, ``inside`` (the
+    neck opening), ``dark`` (trim band), ``band`` (thick cuff line),
+    ``line`` (seam) and ``button`` (dots). Ops are drawn in list order.
+    """
+    f = SHAPE_WIDTH[a["shape"]] * rng.uniform(0.96, 1.04)
+    cat, sleeveless = a["category"], a["sleeve_length"] == "sleeveless"
+    cw, sy, ay, wy = 0.155 * f, 0.03, 0.17, 0.27  # Chest, shoulder, armpit.
+    sw = (0.125 if sleeveless else 0.15) * f ** 0.5
+    hy = BASE_LENGTH[cat] * LENGTH_FACTOR[a["length"]] * rng.uniform(.97, 1.03)
+    hw = cw * {"tshirt": 1.02, "blouse": 1.18, "coat": 1.12}.get(cat, 1.0)
+    right = [(NW, 0.0), (sw, sy)]
+    right += [(cw - 0.035, ay - 0.07)] if sleeveless else []  # Armhole.
+    right.append((cw, ay))
+    if cat in ("blouse", "dress"):
+        right.append((cw * 0.84, wy))  # Fitted waist.
+    if cat == "dress":
+        hw = cw * 0.84 + 0.55 * (hy - wy)  # A-line skirt.
+    right.append((hw, hy))
+    centre = []
+    if cat == "blouse":  # Curved peplum hem.
+        right.append((hw * 0.55, hy + 0.025))
+        centre = [(0.0, hy + 0.035)]
+    body = right + centre + [(-x, y) for x, y in reversed(right)]
+
+    theta = rng.uniform(0.45, 0.6)  # Sleeve angle from vertical (radians).
+    s, p = np.array([sw, sy]), np.array([cw, ay])
+    b, w0 = (s + p) / 2, np.linalg.norm(s - p)
+    d = np.array([np.sin(theta), np.cos(theta)])
+    n = np.array([d[1], -d[0]])
+    ops = []
+    if not sleeveless:  # A sleeve is a width profile along its axis.
+        length = SLEEVE_LENGTH[a["sleeve_length"]]
+        t = np.linspace(0, 1, 9)[:, None]
+        tau = t * length / SLEEVE_LENGTH["long"]
+        w = w0 * (1 - 0.45 * tau)
+        if a["sleeve_shape"] == "puff":
+            w = w * (1 + np.sin(np.pi * np.clip(tau / 0.25, 0, 1)))
+        elif a["sleeve_shape"] == "flared":
+            w = w * (1 + 1.3 * t ** 2)
+        axis = b + d * length * t
+        outer, inner = axis + n * w / 2, axis - n * w / 2
+        sleeve = np.concatenate([[s], outer, inner[::-1], [p]])
+        cuff = np.stack([outer[-1], inner[-1]])
+        for m in (1, MIRROR):
+            ops += [("fabric", sleeve * m),
+                    ("band" if cat == "jacket" else "line", cuff * m)]
+    ops.append(("fabric", body))
+
+    nd = NECK_DEPTH[a["collar"]]
+    vee = [(-NW, 0), (NW, 0), (0, nd)]
+    if a["collar"] == "round":
+        arc = np.linspace(0, np.pi, 9)
+        ring = np.stack([NW * np.cos(arc), nd * np.sin(arc)], 1)
+        ops += [("inside", ring), ("line", ring * [1.25, 1.35])]
+    elif a["collar"] == "v_neck":
+        ops += [("inside", vee),
+                ("line", [(-NW - .02, 0), (0, nd + .03), (NW + .02, 0)])]
+    elif a["collar"] == "shirt_collar":
+        flap = np.array([(.004, nd), (NW + .006, -.016), (NW + .035, .012),
+                         (.05, nd + .05)])
+        ops += [("inside", vee),
+                ("solid", [(-NW, -.02), (NW, -.02), (NW, .01), (-NW, .01)]),
+                ("solid", flap), ("solid", flap * MIRROR)]
+    else:  # Turtleneck: a ribbed tube with a fold.
+        ops += [("fabric", [(-NW * 1.1, -.08), (NW * 1.1, -.08),
+                            (NW * 1.2, .012), (-NW * 1.2, .012)]),
+                ("line", [(-NW * 1.12, -.05), (NW * 1.12, -.05)])]
+        ops += [("line", [(x, -.045), (x, .005)])
+                for x in np.linspace(-NW * .8, NW * .8, 4)]
+
+    bottom = hy - .06  # Lowest button.
+    if cat == "tshirt":  # Hem stitching.
+        ops.append(("line", [(-hw * .97, hy - .02), (hw * .97, hy - .02)]))
+    elif cat in ("blouse", "dress"):  # Waist seam.
+        ops.append(("line", [(-cw * .84, wy), (cw * .84, wy)]))
+        bottom = wy if cat == "dress" else bottom
+    elif cat == "coat":  # Belt with buckle and flap pockets.
+        bx, py = cw * 1.04, .3 + (hy - .3) * .55
+        ops += [("dark", [(-bx, .3), (bx, .3), (bx, .34), (-bx, .34)]),
+                ("button", [(0, .32)])]
+        ops += [("line", [(m * .045, py), (m * .12, py)]) for m in (-1, 1)]
+    else:  # Jacket: darker hem band and patch pockets.
+        ops.append(("dark", [(-hw, hy - .04), (hw, hy - .04), (hw, hy),
+                             (-hw, hy)]))
+        pocket = np.array([(.05, -.13), (.12, -.13), (.12, -.06), (.05, -.06),
+                           (.05, -.13)]) + [0, hy]
+        ops += [("line", pocket), ("line", pocket * MIRROR)]
+        bottom, hy = hy - .08, hy - .04
+    if cat in ("coat", "jacket") or a["button"] != "none":  # Front opening.
+        ops.append(("line", [(0, nd), (0, hy)]))
+    if a["button"] != "none":
+        xs = (0.0,) if a["button"] == "single_row" else (-.045, .045)
+        ys = np.linspace(nd + .035, bottom, rng.integers(4, 7))
+        ops.append(("button", [(x, y) for y in ys for x in xs]))
+    return ops, _style(a, rng, arm=(b, d))
+
+
+def _style(a, rng, arm):
+    """Per-item colours (jittered), pattern period and phase, arm axis."""
+    colour = np.clip(np.add(PALETTE[a["colour"]], rng.integers(-10, 11, 3)),
+                     0, 255)
+    lum = colour @ [0.299, 0.587, 0.114]
+    dark = lum < 60
+    return dict(
+        # The secondary colour keeps the hue, so the label stays the colour.
+        colour=tuple(int(c) for c in colour),
+        second=_shade(colour, 0.6 if dark else -0.5),
+        trim=_shade(colour, 0.45 if dark else -0.45),
+        inside=_shade(colour, 0.25 if dark else -0.4),
+        dark=_shade(colour, 0.15 if dark else -0.25),
+        button=(40, 40, 40) if lum > 140 else (235, 235, 225),
+        pattern=a["pattern"], period=rng.uniform(0.06, 0.085),
+        phase=tuple(rng.uniform(0, 1, 2)), arm=arm)
+
+
+def _pattern(u, v, kind):
+    """True where the secondary colour shows; u, v in pattern periods."""
+    fu, fv = u - np.floor(u), v - np.floor(v)  # numpy's float % is slow.
+    if kind == "horizontal_stripes":
+        return fv < 0.35
+    if kind == "vertical_stripes":
+        return fu < 0.35
+    if kind == "checks":
+        return (fu < 0.25) | (fv < 0.25)
+    if kind == "dots":
+        return (fu - 0.5) ** 2 + (fv - 0.5) ** 2 < 0.28 ** 2
+    w = (u + v) * 0.707  # Diagonal stripes.
+    return w - np.floor(w) < 0.35
+
+
+class _Frame:
+    """Affine map unit garment coordinates -> pixels: scale, rotate, shift."""
+
+    def __init__(self, scale, angle=0.0, centre=(0, 0), shift=(0, 0)):
+        c, s = np.cos(angle), np.sin(angle)
+        self.scale, self.m = scale, scale * np.array([[c, -s], [s, c]])
+        self.centre, self.shift = np.asarray(centre), np.asarray(shift)
+
+    def __call__(self, pts):
+        pts = np.asarray(pts, np.float64).reshape(-1, 2)
+        return (pts - self.centre) @ self.m.T + self.shift
+
+    def flat(self, pts):
+        return self(pts).ravel().tolist()
+
+    def local(self, x, y):
+        """Maps pixel grids (broadcasting) back to unit coordinates."""
+        inv = np.linalg.inv(self.m)
+        x, y = x - self.shift[0], y - self.shift[1]
+        return (inv[0, 0] * x + inv[0, 1] * y + self.centre[0],
+                inv[1, 0] * x + inv[1, 1] * y + self.centre[1])
+
+
+def _draw_garment(img, ops, st, frame, inside=None):
+    """Draws a garment on ``img`` in place; returns its tight pixel box."""
+    xys = [frame.flat(pts) for _, pts in ops]
+    mask = Image.new("L", img.size)
+    md = ImageDraw.Draw(mask)
+    for (role, _), xy in zip(ops, xys):
+        if role in ("fabric", "solid"):
+            md.polygon(xy, fill=255)
+    box = mask.getbbox()
+    x0, y0, x1, y1 = box
+    tex = Image.new("RGB", (x1 - x0, y1 - y0), st["colour"])
+    if st["pattern"] != "solid":
+        u, v = frame.local(np.arange(x0, x1, dtype=np.float32)[None] + .5,
+                           np.arange(y0, y1, dtype=np.float32)[:, None] + .5)
+        sec = _pattern(u / st["period"] + st["phase"][0],
+                       v / st["period"] + st["phase"][1], st["pattern"])
+        tex.paste(st["second"], None, Image.fromarray(sec))
+    img.paste(tex, box, mask.crop(box))
+    d, lw, trim = ImageDraw.Draw(img), SUPERSAMPLE, st["trim"]
+    for (role, pts), xy in zip(ops, xys):
+        if role == "fabric":
+            d.polygon(xy, outline=trim, width=lw)
+        elif role in ("solid", "inside", "dark"):
+            fill = {"solid": st["colour"], "dark": st["dark"],
+                    "inside": inside or st["inside"]}[role]
+            d.polygon(xy, fill=fill, outline=trim, width=lw)
+        elif role in ("band", "line"):
+            d.line(xy, fill=st["dark"] if role == "band" else trim,
+                   width=int(.03 * frame.scale) if role == "band" else lw)
+        else:
+            r = 0.02 * frame.scale
+            for x, y in frame(pts):
+                d.ellipse([x - r, y - r, x + r, y + r], fill=st["button"],
+                          outline=trim)
+    return box
+
+
+def _limb(a, b, width):
+    """A quadrilateral of ``width`` from point a to point b."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    n = (b - a)[::-1] * [-1, 1] / (np.linalg.norm(b - a) + 1e-9) * width / 2
+    return np.stack([a + n, b + n, b - n, a - n])
+
+
+def _draw_figure(d, frame, st, rng):
+    """Draws a simple person under the garment; returns the skin colour."""
+    skin = SKIN[rng.integers(len(SKIN))]
+    legs = TROUSERS[rng.integers(len(TROUSERS))]
+    for m in (1, MIRROR):
+        d.polygon(frame.flat(_limb((.06, .4), (.065, 1.3), .09) * m),
+                  fill=legs)
+        b, v = st["arm"][0] * m, st["arm"][1] * m
+        d.polygon(frame.flat(_limb(b, b + v * .5, .065)), fill=skin)
+        (x, y), r = frame(b + v * .5)[0], .035 * frame.scale
+        d.ellipse([x - r, y - r, x + r, y + r], fill=skin)
+    d.polygon(frame.flat(_limb((0, -.1), (0, .03), .055)), fill=skin)
+    (x, y), r = frame((0, -.16))[0], .078 * frame.scale
+    d.ellipse([x - r, y - r * 1.12, x + r, y + r], fill=(40, 30, 25))  # Hair.
+    d.ellipse([x - r * .85, y - r * .8, x + r * .85, y + r * 1.08], fill=skin)
+    return skin
+
+
+def _extent(ops, frame):
+    pts = np.concatenate([frame(p) for r, p in ops if r in ("fabric", "solid")])
+    return pts.min(0), pts.max(0)
+
+
+def _bbox(box):
+    """A supersampled box as [xmin, ymin, xmax, ymax] output pixels, max
+    exclusive (pixel edges), so the box covers every touched pixel."""
+    k = SUPERSAMPLE
+    return [box[0] // k, box[1] // k, -(-box[2] // k), -(-box[3] // k)]
+
+
+def _jpeg(img, quality):
+    buf = io.BytesIO()  # PIL writes no timestamp: same pixels, same bytes.
+    img.save(buf, "JPEG", quality=int(quality), optimize=False)
+    return buf.getvalue()
+
+
+def _colour(rng, low=0, high=256):
+    return tuple(int(v) for v in rng.integers(low, high, 3))
+
+
+def _shop(ops, st, size, rng):
+    """Centred, frontal, sharp, on a plain light background with a shadow."""
+    big = size * SUPERSAMPLE
+    bg = _colour(rng, 198, 231)  # Light, yet darker than white cloth.
+    img = Image.new("RGB", (big, big), bg)
+    lo, hi = _extent(ops, _Frame(1))
+    # One scale for all garments keeps length and width readable from the
+    # shop image; only the few that would not fit shrink.
+    scale = min(SHOP_SCALE, 0.94 / (hi - lo).max()) * big
+    scale *= rng.uniform(0.97, 1.03)
+    shadow = _Frame(scale, 0, (lo + hi) / 2 - [.012, .015], (big / 2,) * 2)
+    d = ImageDraw.Draw(img)
+    for role, pts in ops:
+        if role in ("fabric", "solid"):
+            d.polygon(shadow.flat(pts), fill=_shade(bg, -0.12))
+    frame = _Frame(scale, 0, (lo + hi) / 2, (big / 2,) * 2)
+    box = _bbox(_draw_garment(img, ops, st, frame))
+    return _jpeg(img.reduce(SUPERSAMPLE), SHOP_JPEG_QUALITY), box
+
+
+def _clutter(big, rng):
+    """A random scene: a two-tone gradient, a floor and random shapes."""
+    top, bottom = rng.integers(0, 256, (2, 3))
+    ramp = np.linspace(0, 1, big)[:, None]
+    column = (top * (1 - ramp) + bottom * ramp).astype(np.uint8)[:, None]
+    img = Image.fromarray(column).resize((big, big), Image.NEAREST)
+    d = ImageDraw.Draw(img)
+    d.rectangle([0, rng.uniform(.6, .9) * big, big, big], fill=_colour(rng))
+    n = rng.integers(8, 16)  # Batched draws: per-call overhead dominates.
+    kinds, colours = rng.integers(0, 4, n), rng.integers(0, 256, (n, 3))
+    xys = (rng.uniform(-.1, 1.1, (n, 6)) * big).tolist()
+    sizes = (rng.uniform(.04, .4, (n, 2)) * big).tolist()
+    for kind, c, xy, (w, h) in zip(kinds, colours.tolist(), xys, sizes):
+        c, box = tuple(c), [xy[0], xy[1], xy[0] + w, xy[1] + h]
+        if kind == 0:
+            d.rectangle(box, fill=c)
+        elif kind == 1:
+            d.ellipse(box, fill=c)
+        elif kind == 2:
+            d.polygon(xy, fill=c)
+        else:
+            d.line(box, fill=c, width=int(2 + w / 16))
+    return img
+
+
+def _street(ops, st, size, rng):
+    """Worn, small, anywhere in clutter; occluded, tinted, blurred, noisy."""
+    big, k = size * SUPERSAMPLE, SUPERSAMPLE
+    img = _clutter(big, rng)
+    angle = np.radians(rng.uniform(-1, 1) * STREET_ROTATION_DEG)
+    lo, hi = _extent(ops, _Frame(1, angle))
+    scale = rng.uniform(*STREET_SIZE) * big / (hi - lo).max()
+    shift = rng.uniform(2 - lo * scale, big - 2 - hi * scale)
+    frame = _Frame(scale, angle, (0, 0), shift)
+    skin = _draw_figure(ImageDraw.Draw(img), frame, st, rng)
+    box = _bbox(_draw_garment(img, ops, st, frame, inside=skin))
+    if rng.uniform() < OCCLUSION_PROB:  # An object in front, at a side.
+        bw, bh = (box[2] - box[0]) * k, (box[3] - box[1]) * k
+        area = rng.uniform(*OCCLUSION_AREA) * bw * bh
+        w = np.sqrt(area) * rng.uniform(0.5, 1.5)
+        cx = box[0] * k + bw * (rng.integers(2) + rng.uniform(-.3, .3))
+        cy = box[1] * k + rng.uniform(0, bh)
+        xy = [cx - w / 2, cy - area / w / 2, cx + w / 2, cy + area / w / 2]
+        draw = ImageDraw.Draw(img)
+        (draw.ellipse, draw.rectangle)[rng.integers(2)](xy, fill=_colour(rng))
+    img = img.reduce(k).filter(ImageFilter.BoxBlur(rng.uniform(*STREET_BLUR)))
+    gain = rng.uniform(*STREET_GAIN, 3) * rng.uniform(*STREET_BRIGHTNESS)
+    # Grey sensor noise: a third of the cost of per-channel noise.
+    noise = rng.standard_normal((size, size, 1), np.float32)
+    x = np.asarray(img, np.float32) * gain.astype(np.float32)
+    x += noise * np.float32(rng.uniform(*STREET_NOISE))
+    img = Image.fromarray(np.clip(x, 0, 255, out=x).astype(np.uint8))
+    return _jpeg(img, rng.integers(*STREET_JPEG_QUALITY)), box
+
+
+def render_item(item_index, seed, *, image_size=128, shop_per_item=1,
+                street_per_item=3, missing_rate=0.1, split=None,
+                attributes=None):
+    """Renders all images of one item.
+
+    The item and each of its images draw from their own random streams,
+    seeded by ``(seed, item_index[, domain, j])``: an item renders the same
+    in any process and whatever else is rendered.
+
+    Args:
+        item_index: non-negative int; the item id is ``it<index:05d>``.
+        seed: non-negative int, the dataset seed.
+        image_size: side of the square images in pixels.
+        shop_per_item, street_per_item: images per domain.
+        missing_rate: per image and attribute probability of a ``None`` label.
+        split: copied into the records.
+        attributes: optional dict of values to force (e.g. to show one
+            attribute's values on the same item); the rest are sampled.
+
+    Returns:
+        Dict with ``item_id``, ``attributes`` (the true values) and
+        ``records``: manifest lines (docs/DATA_FORMAT.md) as dicts, each
+        with its encoded JPEG under ``jpeg``.
+    """
+    rng = np.random.default_rng([seed, 0, item_index])
+    attrs = sample_attributes(rng, attributes)
+    ops, st = _garment(attrs, rng)
+    item_id, records = f"it{item_index:05d}", []
+    for dom, count, draw in (("shop", shop_per_item, _shop),
+                             ("street", street_per_item, _street)):
+        for j in range(count):
+            irng = np.random.default_rng(
+                [seed, 0, item_index, int(dom == "street"), j])
+            jpeg, box = draw(ops, st, image_size, irng)
+            drop = irng.uniform(size=len(attrs)) < missing_rate
+            records.append(dict(
+                id=f"{item_id}-{dom}-{j}",
+                path=f"images/{dom}/{item_id}_{j}.jpg",
+                domain=dom, item_id=item_id, split=split, bbox=box,
+                width=image_size, height=image_size,
+                attributes={k: None if m else v
+                            for (k, v), m in zip(attrs.items(), drop)},
+                jpeg=jpeg))
+    return dict(item_id=item_id, attributes=attrs, records=records)
+
+
+def assign_splits(items, seed, fractions=(0.6, 0.2, 0.2)):
+    """Returns the split name of each item (exact counts, seeded shuffle)."""
+    if (len(fractions) != 3 or min(fractions) < 0
+            or abs(sum(fractions) - 1) > 1e-6):
+        raise ValueError("split_fractions must be 3 non-negative numbers "
+                         f"summing to 1. Received: fractions={fractions!r}")
+    n_train = int(round(fractions[0] * items))
+    n_val = min(int(round(fractions[1] * items)), items - n_train)
+    order = np.random.default_rng([seed, 1]).permutation(items)
+    splits = ["test"] * items
+    for rank, i in enumerate(order[:n_train + n_val]):
+        splits[i] = "train" if rank < n_train else "val"
+    return splits
+
+
+def _write_atomic(path, data):
+    with open(f"{path}.tmp", "wb") as f:
+        f.write(data)
+    os.replace(f"{path}.tmp", path)
+
+
+def _render_and_write(job, out_dir, **kwargs):
+    records = render_item(job[0], split=job[1], **kwargs)["records"]
+    for r in records:
+        _write_atomic(os.path.join(out_dir, r["path"]), r.pop("jpeg"))
+    return records
+
+
+def render_dataset(out_dir, *, items, seed=0, image_size=128, shop_per_item=1,
+                   street_per_item=3, missing_rate=0.1,
+                   split_fractions=(0.6, 0.2, 0.2), workers=1, progress=True):
+    """Renders X-Domain-synth into ``out_dir`` (docs/DATA_FORMAT.md layout).
+
+    Images go to ``images/{shop,street}/``, then ``schema.json``, then
+    ``manifest.jsonl``; each file is written under a temporary name and
+    renamed, so an interrupted run never leaves a complete-looking dataset.
+
+    Args:
+        out_dir: dataset root (created if needed).
+        items: number of garments.
+        seed: non-negative int; the same seed gives the same bytes.
+        image_size: side of the square images in pixels.
+        shop_per_item, street_per_item: images per item and domain.
+        missing_rate: per image and attribute probability of a null label.
+        split_fractions: train / val / test fractions of the items.
+        workers: processes; the output does not depend on it.
+        progress: show a tqdm bar and a closing line on stderr.
+
+    Returns:
+        A summary dict: image counts, items per split, seconds, images/s.
+
+    Raises:
+        ValueError: on a bad argument.
+    """
+    if min(items, image_size, workers) < 1 or seed < 0 or not (
+            0 <= missing_rate <= 1) or min(shop_per_item, street_per_item) < 0:
+        raise ValueError(
+            "Need items, image_size, workers >= 1, seed and images per item "
+            f">= 0, 0 <= missing_rate <= 1. Received: items={items}, "
+            f"image_size={image_size}, workers={workers}, seed={seed}, "
+            f"shop_per_item={shop_per_item}, street_per_item="
+            f"{street_per_item}, missing_rate={missing_rate}")
+    from tqdm import tqdm  # Only the dataset writer needs it.
+
+    splits = assign_splits(items, seed, split_fractions)
+    for dom in ("shop", "street"):
+        os.makedirs(os.path.join(out_dir, "images", dom), exist_ok=True)
+    manifest = os.path.join(out_dir, "manifest.jsonl")
+    if os.path.exists(manifest):  # Rewriting: look incomplete until done.
+        os.remove(manifest)
+    work = functools.partial(
+        _render_and_write, out_dir=out_dir, seed=seed, image_size=image_size,
+        shop_per_item=shop_per_item, street_per_item=street_per_item,
+        missing_rate=missing_rate)
+    start, records = time.perf_counter(), []
+    total = items * (shop_per_item + street_per_item)
+    # "spawn": forking a process that already runs TensorFlow can deadlock.
+    pool = (multiprocessing.get_context("spawn").Pool(workers)
+            if workers > 1 else contextlib.nullcontext())
+    with pool, tqdm(total=total, unit="img", file=sys.stderr,
+                    disable=not progress) as bar:
+        jobs = enumerate(splits)
+        for recs in (pool.imap(work, jobs, chunksize=8) if workers > 1
+                     else map(work, jobs)):
+            records += recs
+            bar.update(len(recs))
+    synth_schema().save(os.path.join(out_dir, "schema.json"))
+    _write_atomic(manifest,
+                  "".join(json.dumps(r) + "\n" for r in records).encode())
+    seconds = time.perf_counter() - start
+    summary = dict(
+        out_dir=out_dir, items=items, images=len(records),
+        shop=items * shop_per_item, street=items * street_per_item,
+        splits={s: splits.count(s) for s in ("train", "val", "test")},
+        seconds=round(seconds, 3),
+        images_per_second=round(len(records) / max(seconds, 1e-9), 1))
+    if progress:
+        print(f"X-Domain-synth: {len(records)} images ({items} items) in "
+              f"{seconds:.1f}s = {summary['images_per_second']:.0f} images/s "
+              f"-> {out_dir}", file=sys.stderr)
+    return summary
+
+
+def contact_sheet(source, path, n_items=8, *, root=None):
+    """Saves a PNG: per row, one item's shop image then its street images.
+
+    Rows are labelled with the item id, split and attribute values (from
+    any of its images; ``?`` when missing in all); boxes are drawn in green.
+
+    Args:
+        source: a dataset directory, or manifest-line dicts holding either
+            ``jpeg`` bytes or a ``path`` relative to ``root``.
+        path: the PNG to write.
+        n_items: rows, for the first items in ``source`` order.
+        root: dataset root for records with only a ``path``.
+
+    Returns:
+        ``path``.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        root = os.fspath(source)
+        with open(os.path.join(root, "manifest.jsonl"), encoding="utf-8") as f:
+            source = [json.loads(line) for line in f if line.strip()]
+    rows = {}
+    for r in source:
+        if r["item_id"] in rows or len(rows) < n_items:
+            rows.setdefault(r["item_id"], []).append(r)
+    recs = [r for item in rows.values() for r in item]
+    cell, pad, text_w = max(r["width"] for r in recs), 4, 190
+    row_h = max(cell, 124)  # Room for the 10 text lines.
+    cols = max(len(item) for item in rows.values())
+    sheet = Image.new("RGB", (text_w + cols * (cell + pad),
+                              len(rows) * (row_h + pad) + pad), "white")
+    d, font = ImageDraw.Draw(sheet), ImageFont.load_default(size=11)
+    for y, (item_id, recs) in zip(range(pad, sheet.height, row_h + pad),
+                                  rows.items()):
+        labels = {}
+        for r in recs:
+            labels.update({k: v for k, v in r["attributes"].items()
+                           if labels.get(k) is None})
+        text = [f"{item_id} ({recs[0]['split']})"]
+        text += [f"{k}: {v or '?'}" for k, v in labels.items()]
+        d.multiline_text((pad, y), "\n".join(text), fill="black", font=font,
+                         spacing=1)
+        for x, r in zip(range(text_w, sheet.width, cell + pad), recs):
+            src = (io.BytesIO(r["jpeg"]) if "jpeg" in r
+                   else os.path.join(root, r["path"]))
+            with Image.open(src) as img:
+                sheet.paste(img.convert("RGB"), (x, y))
+            if r.get("bbox"):
+                x0, y0, x1, y1 = r["bbox"]
+                d.rectangle([x + x0, y + y0, x + x1 - 1, y + y1 - 1],
+                            outline=(0, 220, 0))
+    sheet.save(f"{path}.tmp", "PNG")
+    os.replace(f"{path}.tmp", path)
+    return path
