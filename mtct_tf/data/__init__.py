@@ -1,0 +1,1 @@
+"""Data: tf.Example format, manifests, shards, tf.data pipelines, renderer."""

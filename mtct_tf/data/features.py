@@ -1,0 +1,33 @@
+"""The tf.Example keys of the project's records, defined once.
+
+Keys follow TF Model Garden's detection format where one exists, so that the
+same record can feed both the attribute network and the detector.
+"""
+
+ENCODED = "image/encoded"
+FORMAT = "image/format"
+HEIGHT = "image/height"
+WIDTH = "image/width"
+SOURCE_ID = "image/source_id"
+DOMAIN = "image/domain"
+ITEM_ID = "image/item_id"
+SPLIT = "image/split"
+ATTRIBUTE_PREFIX = "image/attribute/"
+# Boxes are normalised to [0, 1] like Model Garden's; one box per attribute
+# record (the garment), any number per detection record.
+BBOX_XMIN = "image/object/bbox/xmin"
+BBOX_YMIN = "image/object/bbox/ymin"
+BBOX_XMAX = "image/object/bbox/xmax"
+BBOX_YMAX = "image/object/bbox/ymax"
+CLASS_LABEL = "image/object/class/label"
+CLASS_TEXT = "image/object/class/text"
+IS_CROWD = "image/object/is_crowd"
+AREA = "image/object/area"
+
+DOMAINS = ("shop", "street")
+SPLITS = ("train", "val", "test")
+
+
+def attribute_key(name):
+    """The tf.Example key holding attribute ``name`` (int64, -1 = missing)."""
+    return ATTRIBUTE_PREFIX + name
