@@ -1,0 +1,456 @@
+"""The tf.data input pipeline that every training and evaluation stage uses.
+
+Records come from ``mtct_tf.data.convert`` (docs/DATA_FORMAT.md). The path of
+one record is::
+
+    serialized --parse_example--> {encoded, bbox, labels, ids}
+       --(domain / label_fraction filters: cheap, before decoding)-->
+       --preprocess: decode_image -> [jitter box] -> crop_and_resize
+                     -> [flip, brightness, contrast]--> float32 [S, S, 3]
+
+Images leave the pipeline as float32 in [0, 255], not normalised: the models
+normalise inside themselves, so an exported model needs exactly
+``decode_image`` + ``crop_and_resize`` in front of it and nothing else.
+"""
+
+import json
+import os
+import re
+
+import tensorflow as tf
+
+from mtct_tf import attributes
+from mtct_tf.data import convert, features
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+# Training augmentation (``preprocess``). The crop box is jittered around
+# the garment box: each side length is multiplied by U[1 - s, 1 + s] and the
+# centre moved by U[-t, t] times the box size, so the network sees the small
+# misalignments that a detector makes on street photos.
+BOX_SCALE_JITTER = 0.15
+BOX_SHIFT_JITTER = 0.1
+# Photometric jitter on the [0, 255] scale: additive brightness in
+# U[-d, d] * 255 and contrast factor U[1 - c, 1 + c] around the mean colour.
+BRIGHTNESS_JITTER = 0.1
+CONTRAST_JITTER = 0.15
+# label_fraction resolution: items are kept by a 64-bit fingerprint of their
+# id reduced to this many buckets.
+_FRACTION_BUCKETS = 1_000_000
+_FULL_BOX = (0.0, 0.0, 1.0, 1.0)
+# Temporary shards: ours (``.<shard>.tmp``) and ``<shard>.tmp-<pid>``.
+_TMP_RE = re.compile(r"^\.?(?P<split>[a-z]+)-\d{5}-of-\d{5}\.tfrecord\.tmp")
+
+
+# --------------------------------------------------------------------------
+# Files.
+
+
+def shard_files(shards_dir, split, *, check_complete=True):
+    """The shard files of one split, sorted.
+
+    Args:
+        shards_dir: a directory of ``<split>-NNNNN-of-NNNNN.tfrecord`` files,
+            as written by ``convert_manifest`` (or the detector's cropper).
+        split: ``"train"``, ``"val"`` or ``"test"``.
+        check_complete: also require a complete set (every ``k`` of
+            ``-of-N`` present, one ``N``) and no temporary shard of the split
+            (left by a conversion that is running or was killed).
+
+    Returns:
+        A sorted list of paths.
+
+    Raises:
+        FileNotFoundError: no shard of ``split``; the message names the
+            directory, the expected pattern and the splits that exist.
+        ValueError: an incomplete or mixed set, or an unfinished conversion.
+    """
+    if split not in features.SPLITS:
+        raise ValueError(f"split must be one of {features.SPLITS}. "
+                         f"Received: split={split!r}")
+    names = os.listdir(shards_dir) if os.path.isdir(shards_dir) else []
+    found, temporary = {}, []
+    for name in names:
+        m = convert.SHARD_RE.match(name)
+        if m:
+            found.setdefault(m["split"], []).append(
+                (int(m["index"]), int(m["count"]), name))
+            continue
+        m = _TMP_RE.match(name)
+        if m and m["split"] == split:
+            temporary.append(name)
+    mine = sorted(found.get(split, []))
+    pattern = os.path.join(shards_dir, f"{split}-NNNNN-of-NNNNN.tfrecord")
+    if not mine:
+        have = ", ".join(sorted(found)) or "none"
+        raise FileNotFoundError(
+            f"No shards of split {split!r} in {shards_dir}: expected files "
+            f"named {pattern} (written by datasets/convert_manifest.py). "
+            f"Splits present: {have}."
+        )
+    if check_complete:
+        if temporary:
+            raise ValueError(
+                f"Unfinished conversion in {shards_dir}: temporary files "
+                f"{sorted(temporary)} are left (a conversion is running or "
+                "was killed); rerun datasets/convert_manifest.py."
+            )
+        counts = {count for _, count, _ in mine}
+        indices = [index for index, _, _ in mine]
+        if len(counts) != 1 or indices != list(range(next(iter(counts)))):
+            raise ValueError(
+                f"Incomplete or mixed set of {split!r} shards in {shards_dir}"
+                f": found {[name for _, _, name in mine]}; rerun "
+                "datasets/convert_manifest.py."
+            )
+    return [os.path.join(shards_dir, name) for _, _, name in mine]
+
+
+def load_schema(shards_dir):
+    """The ``AttributeSchema`` saved beside the shards (``schema.json``)."""
+    path = os.path.join(shards_dir, convert.SCHEMA)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"{path} does not exist: expected the schema that "
+            "datasets/convert_manifest.py writes beside the shards."
+        )
+    return attributes.AttributeSchema.load(path)
+
+
+def load_summary(shards_dir):
+    """The conversion summary (``summary.json``) as a dict."""
+    with open(os.path.join(shards_dir, convert.SUMMARY), encoding="utf-8") as f:
+        return json.load(f)
+
+
+def num_records(shards_dir, split, domain=None):
+    """Records of a split (and domain) according to ``summary.json``.
+
+    Useful for ``steps_per_epoch`` with the infinite training datasets.
+    """
+    s = load_summary(shards_dir)["splits"].get(split)
+    if s is None:
+        return 0
+    return s["records"] if domain is None else s["domains"].get(domain, 0)
+
+
+# --------------------------------------------------------------------------
+# One record.
+
+
+def parse_example(serialized, schema):
+    """Parses one serialized tf.Example (no image decoding).
+
+    Args:
+        serialized: a scalar string tensor.
+        schema: the ``AttributeSchema``.
+
+    Returns:
+        Dict with ``"encoded"``, ``"source_id"``, ``"domain"``, ``"item_id"``
+        (scalar strings), ``"bbox"`` (float32 [4]: ymin, xmin, ymax, xmax,
+        normalised; the first box, or [0, 0, 1, 1] when the record has none)
+        and ``"labels"`` (dict attribute -> int32 scalar, -1 = missing).
+    """
+    schema = attributes.get_schema(schema)
+    full = convert.feature_spec(schema)
+    keys = [features.ENCODED, features.SOURCE_ID, features.DOMAIN,
+            features.ITEM_ID, features.BBOX_YMIN, features.BBOX_XMIN,
+            features.BBOX_YMAX, features.BBOX_XMAX]
+    keys += [features.attribute_key(n) for n in schema.names]
+    parsed = tf.io.parse_single_example(serialized, {k: full[k] for k in keys})
+    # Appending the default and taking element 0 picks the first box or the
+    # whole image without a tf.cond.
+    bbox = tf.stack([
+        tf.concat([parsed[key].values, [default]], axis=0)[0]
+        for key, default in zip(
+            (features.BBOX_YMIN, features.BBOX_XMIN, features.BBOX_YMAX,
+             features.BBOX_XMAX), _FULL_BOX)
+    ])
+    return {
+        "encoded": parsed[features.ENCODED],
+        "source_id": parsed[features.SOURCE_ID],
+        "domain": parsed[features.DOMAIN],
+        "item_id": parsed[features.ITEM_ID],
+        "bbox": bbox,
+        "labels": {
+            n: tf.cast(parsed[features.attribute_key(n)], tf.int32)
+            for n in schema.names
+        },
+    }
+
+
+def decode_image(encoded):
+    """Decodes JPEG / PNG (colour or greyscale) bytes to uint8 [H, W, 3]."""
+    image = tf.io.decode_image(encoded, channels=3, dtype=tf.uint8,
+                               expand_animations=False)
+    image.set_shape([None, None, 3])
+    return image
+
+
+def crop_and_resize(image, bbox, image_size, margin=0.0):
+    """Crops a normalised box (enlarged by a margin) and resizes it.
+
+    The box is enlarged by ``margin`` times its height / width on each side,
+    clipped to the image, rounded to whole pixels (at least one) and resized
+    to ``image_size`` x ``image_size`` with bilinear interpolation, no
+    antialiasing. A pure function of tensors: the detector crop path and the
+    exported serving graph call it too.
+
+    Args:
+        image: [H, W, C] image tensor (any real dtype).
+        bbox: float [4] ``ymin, xmin, ymax, xmax`` in [0, 1].
+        image_size: output side ``S`` (Python int).
+        margin: fraction of the box size added on each side.
+
+    Returns:
+        float32 [S, S, C] on the input's value scale ([0, 255] for uint8).
+    """
+    image = tf.convert_to_tensor(image)
+    bbox = tf.cast(tf.convert_to_tensor(bbox), tf.float32)
+    shape = tf.shape(image)
+    h, w = tf.cast(shape[0], tf.float32), tf.cast(shape[1], tf.float32)
+    ymin, xmin, ymax, xmax = tf.unstack(bbox)
+    dy, dx = margin * (ymax - ymin), margin * (xmax - xmin)
+    ymin = tf.clip_by_value(ymin - dy, 0.0, 1.0)
+    xmin = tf.clip_by_value(xmin - dx, 0.0, 1.0)
+    ymax = tf.clip_by_value(ymax + dy, 0.0, 1.0)
+    xmax = tf.clip_by_value(xmax + dx, 0.0, 1.0)
+    # Rounding (not floor / ceil) keeps a box drawn on pixel edges exact
+    # despite float error in its normalised coordinates.
+    y0 = tf.clip_by_value(tf.cast(tf.round(ymin * h), tf.int32), 0,
+                          shape[0] - 1)
+    x0 = tf.clip_by_value(tf.cast(tf.round(xmin * w), tf.int32), 0,
+                          shape[1] - 1)
+    y1 = tf.clip_by_value(tf.cast(tf.round(ymax * h), tf.int32), y0 + 1,
+                          shape[0])
+    x1 = tf.clip_by_value(tf.cast(tf.round(xmax * w), tf.int32), x0 + 1,
+                          shape[1])
+    crop = image[y0:y1, x0:x1]
+    out = tf.image.resize(crop, [image_size, image_size], method="bilinear",
+                          antialias=False)
+    return tf.cast(out, tf.float32)
+
+
+def _seed_pair(seed):
+    if seed is None:
+        return tf.random.uniform([2], maxval=2**31 - 1, dtype=tf.int64)
+    seed = tf.cast(tf.convert_to_tensor(seed), tf.int64)
+    if seed.shape.rank == 0:
+        seed = tf.stack([seed, tf.constant(0, tf.int64)])
+    return seed
+
+
+def _jitter_box(bbox, seed):
+    ymin, xmin, ymax, xmax = tf.unstack(tf.cast(bbox, tf.float32))
+    u = tf.random.stateless_uniform([4], seed, minval=-1.0, maxval=1.0)
+    bh = (ymax - ymin) * (1.0 + BOX_SCALE_JITTER * u[0])
+    bw = (xmax - xmin) * (1.0 + BOX_SCALE_JITTER * u[1])
+    cy = (ymin + ymax) / 2 + BOX_SHIFT_JITTER * (ymax - ymin) * u[2]
+    cx = (xmin + xmax) / 2 + BOX_SHIFT_JITTER * (xmax - xmin) * u[3]
+    return tf.stack([cy - bh / 2, cx - bw / 2, cy + bh / 2, cx + bw / 2])
+
+
+def preprocess(encoded, bbox, *, image_size, training, margin=0.1, seed=None):
+    """Decodes, crops and resizes one image; augments it when training.
+
+    Args:
+        encoded: scalar string tensor, JPEG or PNG bytes.
+        bbox: float [4] ``ymin, xmin, ymax, xmax`` normalised ([0, 0, 1, 1]
+            for the whole image).
+        image_size: output side ``S``.
+        training: Python bool; adds box jitter, random horizontal flip and
+            brightness / contrast jitter (constants at the top of this
+            module).
+        margin: context around the box (see ``crop_and_resize``).
+        seed: ``None`` (random), an int, or an int [2] tensor: the
+            augmentation is a deterministic function of it.
+
+    Returns:
+        float32 [S, S, 3] in [0, 255].
+    """
+    image = decode_image(encoded)
+    if not training:
+        return crop_and_resize(image, bbox, image_size, margin)
+    seeds = tf.random.split(_seed_pair(seed), num=5)
+    bbox = _jitter_box(bbox, seeds[0])
+    out = crop_and_resize(image, bbox, image_size, margin)
+    flip = tf.random.stateless_uniform([], seeds[1]) < 0.5
+    out = tf.cond(flip, lambda: tf.reverse(out, axis=[1]), lambda: out)
+    delta = tf.random.stateless_uniform(
+        [], seeds[2], -BRIGHTNESS_JITTER, BRIGHTNESS_JITTER) * 255.0
+    factor = tf.random.stateless_uniform(
+        [], seeds[3], 1.0 - CONTRAST_JITTER, 1.0 + CONTRAST_JITTER)
+    mean = tf.reduce_mean(out, axis=[0, 1], keepdims=True)
+    out = (out - mean) * factor + mean + delta
+    return tf.clip_by_value(out, 0.0, 255.0)
+
+
+def item_kept(item_id, label_fraction):
+    """Whether an item is in the ``label_fraction`` subset (bool tensor).
+
+    Items are chosen by a fingerprint of their id, so the choice is the same
+    on every run and machine, and the subsets are nested: every item kept at
+    fraction 0.1 is also kept at 0.2.
+    """
+    bucket = tf.strings.to_hash_bucket_fast(item_id, _FRACTION_BUCKETS)
+    return bucket < int(round(label_fraction * _FRACTION_BUCKETS))
+
+
+# --------------------------------------------------------------------------
+# Datasets.
+
+
+def _resolve_files(shards, split):
+    if isinstance(shards, (str, os.PathLike)) and os.path.isdir(shards):
+        if split is None:
+            raise ValueError(
+                f"shards={shards!r} is a directory: pass split='train', "
+                "'val' or 'test'."
+            )
+        return shard_files(os.fspath(shards), split)
+    if split is not None:
+        raise ValueError(
+            "split is only used with a shards directory; got a list of "
+            f"files. Received: split={split!r}"
+        )
+    files = [os.fspath(shards)] if isinstance(shards, (str, os.PathLike)) \
+        else [os.fspath(f) for f in shards]
+    if not files:
+        raise ValueError("shards is an empty list of files.")
+    missing = [f for f in files if not os.path.isfile(f)]
+    if missing:
+        raise FileNotFoundError(f"Shard file(s) not found: {missing}")
+    return files
+
+
+def make_dataset(shards, schema=None, *, image_size, batch_size, training,
+                 split=None, domain=None, crop_to_bbox=True, margin=0.1,
+                 shuffle_buffer=2048, seed=None, repeat=None,
+                 with_meta=False, drop_remainder=None, label_fraction=1.0,
+                 cache=False):
+    """The tf.data pipeline of a set of shards.
+
+    Args:
+        shards: a shards directory (then give ``split``), one TFRecord path,
+            or a list of them.
+        schema: the ``AttributeSchema``; ``None`` loads the directory's
+            ``schema.json``.
+        image_size: output image side ``S``.
+        batch_size: examples per batch.
+        training: shuffle (files and records), augment, repeat and drop the
+            last partial batch by default.
+        split: with a directory: ``"train"``, ``"val"`` or ``"test"``.
+        domain: ``None`` (both), ``"shop"`` or ``"street"``; filtered before
+            decoding.
+        crop_to_bbox: crop the record's box (plus ``margin``); ``False``
+            uses the whole image with no margin.
+        margin: context around the box (fraction of its size, each side).
+        shuffle_buffer: records in the shuffle buffer (training).
+        seed: ``None``, or an int that makes shuffling and augmentation
+            reproducible (the pipeline then runs deterministically, even
+            when training).
+        repeat: ``None`` (= ``training``), ``True`` (forever), ``False`` or
+            a number of epochs.
+        with_meta: also yield ``{"item_id", "domain", "source_id"}`` string
+            tensors [B] as a third element (for evaluation and triplet
+            mining; not for ``Model.fit``, which would take it for sample
+            weights).
+        drop_remainder: ``None`` (= ``training``) or a bool.
+        label_fraction: in (0, 1]: keep only the records of this fraction
+            of items (chosen by ``item_kept``), for small-data experiments.
+            The records of other items are dropped, not kept unlabelled:
+            semi-supervised use is not part of the method.
+        cache: ``False``, ``True`` (memory) or a file prefix: cache the
+            parsed, filtered records (encoded bytes, before decoding and
+            augmentation). Off by default: a split is never held in memory
+            unless asked.
+
+    Returns:
+        A ``tf.data.Dataset`` of ``(images, labels)`` or ``(images, labels,
+        meta)``: images float32 [B, S, S, 3] in [0, 255], labels a dict
+        attribute -> int32 [B] (-1 = missing).
+    """
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or \
+            image_size < 1:
+        raise ValueError(
+            f"image_size must be a positive int. Received: "
+            f"image_size={image_size!r}"
+        )
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or \
+            batch_size < 1:
+        raise ValueError(
+            f"batch_size must be a positive int. Received: "
+            f"batch_size={batch_size!r}"
+        )
+    if domain is not None and domain not in features.DOMAINS:
+        raise ValueError(f"domain must be None or one of {features.DOMAINS}. "
+                         f"Received: domain={domain!r}")
+    if not 0.0 < label_fraction <= 1.0:
+        raise ValueError("label_fraction must be in (0, 1]. Received: "
+                         f"label_fraction={label_fraction!r}")
+    if margin < 0:
+        raise ValueError(f"margin must be >= 0. Received: margin={margin!r}")
+    files = _resolve_files(shards, split)
+    if schema is None:
+        if not (isinstance(shards, (str, os.PathLike))
+                and os.path.isdir(shards)):
+            raise ValueError("schema is required when shards is a list of "
+                             "files.")
+        schema = load_schema(os.fspath(shards))
+    schema = attributes.get_schema(schema)
+    repeat = training if repeat is None else repeat
+    drop_remainder = training if drop_remainder is None else drop_remainder
+    # Training without a seed trades reproducibility for throughput; a seed
+    # asks for reproducibility, so it makes the whole pipeline ordered.
+    deterministic = (not training) or seed is not None
+
+    ds = tf.data.Dataset.from_tensor_slices(files)
+    if training and len(files) > 1:
+        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.interleave(
+        tf.data.TFRecordDataset, cycle_length=min(len(files), 16),
+        block_length=1, num_parallel_calls=AUTOTUNE,
+        deterministic=deterministic,
+    )
+    ds = ds.map(lambda s: parse_example(s, schema),
+                num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+    if domain is not None:
+        ds = ds.filter(lambda r: tf.equal(r["domain"], domain))
+    if label_fraction < 1.0:
+        ds = ds.filter(lambda r: item_kept(r["item_id"], label_fraction))
+    if cache:
+        ds = ds.cache("" if cache is True else os.fspath(cache))
+    if training and shuffle_buffer > 1:
+        ds = ds.shuffle(shuffle_buffer, seed=seed,
+                        reshuffle_each_iteration=True)
+    if repeat is True:
+        ds = ds.repeat()
+    elif repeat:
+        ds = ds.repeat(int(repeat))
+    if training:
+        # One stateless seed pair per element and epoch: augmentation does
+        # not depend on which parallel map call handles which record.
+        seeds = tf.data.Dataset.random(seed=seed).batch(2)
+        ds = tf.data.Dataset.zip((ds, seeds))
+
+    def to_example(record, element_seed=None):
+        bbox = record["bbox"] if crop_to_bbox else tf.constant(_FULL_BOX)
+        image = preprocess(
+            record["encoded"], bbox, image_size=image_size, training=training,
+            margin=margin if crop_to_bbox else 0.0, seed=element_seed,
+        )
+        if not with_meta:
+            return image, record["labels"]
+        meta = {k: record[k] for k in ("item_id", "domain", "source_id")}
+        return image, record["labels"], meta
+
+    ds = ds.map(to_example, num_parallel_calls=AUTOTUNE,
+                deterministic=deterministic)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder,
+                  num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+    ds = ds.prefetch(AUTOTUNE)
+    options = tf.data.Options()
+    options.deterministic = deterministic
+    options.autotune.enabled = True
+    return ds.with_options(options)
+
