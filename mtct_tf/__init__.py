@@ -7,3 +7,9 @@ triplet loss. See README.md for the commands.
 """
 
 __version__ = "0.1.0"
+
+import os as _os
+
+# TensorFlow's C++ start-up notices (CUDA absent, oneDNN on) drown the
+# progress bars; users can still ask for them with TF_CPP_MIN_LOG_LEVEL=0.
+_os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

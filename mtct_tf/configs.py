@@ -115,6 +115,8 @@ class ExperimentConfig:
     init_from: str = ""
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    # Stage 0 (python -m mtct_tf.train --stage pretrain).
+    pretrain: StageConfig = dataclasses.field(default_factory=StageConfig)
     shop: StageConfig = dataclasses.field(default_factory=StageConfig)
     street: StreetStageConfig = dataclasses.field(
         default_factory=StreetStageConfig
@@ -331,6 +333,8 @@ def paper():
         shuffle_buffer=10000,
     )
     config.model = ModelConfig(preset="paper")
+    config.pretrain = StageConfig(epochs=90, learning_rate=0.1,
+                                  optimizer="sgd")
     config.shop = StageConfig(epochs=30, learning_rate=1e-3)
     config.street = StreetStageConfig(epochs=20, learning_rate=1e-4)
     return config

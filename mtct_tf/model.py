@@ -105,7 +105,9 @@ def _nin_trunk(x, width):
             max(4, int(round(channels * width))), kernel, strides=stride,
             padding="same", use_bias=False, name=name,
         )(x)
-        x = keras.layers.BatchNormalization(name=f"{name}_bn")(x)
+        # momentum 0.9: moving statistics must settle within short CPU runs.
+        x = keras.layers.BatchNormalization(
+            momentum=0.9, name=f"{name}_bn")(x)
         x = keras.layers.ReLU(name=f"{name}_relu")(x)
     return keras.layers.GlobalAveragePooling2D(name="trunk_pool")(x)
 

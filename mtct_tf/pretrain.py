@@ -519,7 +519,7 @@ def run(config, model_dir, *, tfds_name, data_dir=None, manual_dir=None,
         net = training.build_mtn(config, _PLACEHOLDER_SCHEMA)
         classifier = build_classifier(net, num_classes)
         classifier.compile(
-            optimizer=training._optimizer(budget, spe * budget.epochs),
+            optimizer=training.make_optimizer(budget, spe * budget.epochs),
             loss="sparse_categorical_crossentropy",
             metrics=[keras.metrics.SparseCategoricalAccuracy(name="acc"),
                      keras.metrics.SparseTopKCategoricalAccuracy(
@@ -566,5 +566,5 @@ def run(config, model_dir, *, tfds_name, data_dir=None, manual_dir=None,
         save_trunk(net, trunk_path, metadata={
             "tfds_name": tfds_name, "num_classes": num_classes,
             "model": info["model"], "best_val_loss": best.best})
-        training._write_json(done_path, info)
+        training.write_json(done_path, info)
     return info

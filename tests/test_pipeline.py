@@ -112,35 +112,55 @@ def test_decode_image_greyscale_and_rgba():
     assert out.shape == (2, 2, 3) and (out[..., 0] == 200).all()
 
 
+def test_square_crop_keeps_the_aspect_ratio():
+    # A 2-wide, 8-tall white bar on black in a 16x16 image: a square crop
+    # keeps it a quarter as wide as tall; a plain crop stretches it.
+    image = np.zeros((16, 16, 3), np.uint8)
+    image[4:12, 7:9] = 255
+    box = [4 / 16, 7 / 16, 12 / 16, 9 / 16]
+    sq = pipeline.crop_and_resize(image, box, 8).numpy()[..., 0]
+    np.testing.assert_array_equal(sq[:, :3], 0)
+    np.testing.assert_array_equal(sq[:, 3:5], 255)
+    np.testing.assert_array_equal(sq[:, 5:], 0)
+    plain = pipeline.crop_and_resize(image, box, 8, square=False).numpy()
+    assert (plain == 255).all()
+
+
 def test_crop_and_resize_coordinates():
+    """Box arithmetic, without the square expansion."""
     image = _split_image()
     red, blue = COLOURS["red"], COLOURS["blue"]
     # The whole image to 2x2: half-pixel centres fall on pixels 7.5 and
     # 23.5, inside the red and the blue half.
-    out = pipeline.crop_and_resize(image, [0.0, 0.0, 1.0, 1.0], 2).numpy()
+    out = pipeline.crop_and_resize(image, [0.0, 0.0, 1.0, 1.0], 2,
+                                   square=False).numpy()
     assert out.dtype == np.float32 and out.shape == (2, 2, 3)
     np.testing.assert_array_equal(out[:, 0], [red, red])
     np.testing.assert_array_equal(out[:, 1], [blue, blue])
     # The middle half (columns 8..24): same picture.
-    mid = pipeline.crop_and_resize(image, [0.0, 0.25, 1.0, 0.75], 2).numpy()
+    mid = pipeline.crop_and_resize(image, [0.0, 0.25, 1.0, 0.75], 2,
+                                   square=False).numpy()
     np.testing.assert_array_equal(mid, out)
     # Left quarter only: all red.
-    left = pipeline.crop_and_resize(image, [0.0, 0.0, 1.0, 0.25], 4).numpy()
+    left = pipeline.crop_and_resize(image, [0.0, 0.0, 1.0, 0.25], 4,
+                                    square=False).numpy()
     assert (left == np.float32(red)).all()
     # A margin of 1/2 box per side turns the middle half into everything.
     big = pipeline.crop_and_resize(image, [0.0, 0.25, 1.0, 0.75], 8,
-                                   margin=0.5)
+                                   margin=0.5, square=False)
     np.testing.assert_array_equal(
-        big, pipeline.crop_and_resize(image, [0.0, 0.0, 1.0, 1.0], 8))
+        big, pipeline.crop_and_resize(image, [0.0, 0.0, 1.0, 1.0], 8,
+                                      square=False))
     # Margins are clipped at the image border: x in [-0.5, 0.75] -> [0, 0.75].
     clipped = pipeline.crop_and_resize(image, [0.0, 0.0, 1.0, 0.25], 4,
-                                       margin=2.0).numpy()
+                                       margin=2.0, square=False).numpy()
     np.testing.assert_array_equal(clipped, pipeline.crop_and_resize(
-        image, [0.0, 0.0, 1.0, 0.75], 4))
+        image, [0.0, 0.0, 1.0, 0.75], 4, square=False))
     assert (clipped[:, 0] == np.float32(red)).all()
     assert (clipped[:, -1] == np.float32(blue)).all()
     # A degenerate box still gives one pixel, not an error.
-    dot = pipeline.crop_and_resize(image, [0.5, 0.9, 0.5, 0.9], 3).numpy()
+    dot = pipeline.crop_and_resize(image, [0.5, 0.9, 0.5, 0.9], 3,
+                                   square=False).numpy()
     assert (dot == np.float32(blue)).all()
 
 
@@ -157,6 +177,13 @@ def test_crop_and_resize_matches_numpy_on_pixel_boxes():
     half = pipeline.crop_and_resize(image, box, 12).numpy()
     blocks = crop.reshape(12, 2, 12, 2, 3).mean(axis=(1, 3))
     np.testing.assert_allclose(half, blocks, atol=1e-3)
+    # Pixel edges whose normalised float32 coordinates land just above
+    # (30 / 50 * 50 > 30) or below (31 / 56 * 56 < 31) the integer: the box
+    # must still be exactly rows 15..30, columns 31..46.
+    image = rng.integers(0, 256, (50, 56, 3), dtype=np.uint8)
+    out = pipeline.crop_and_resize(
+        image, [15 / 50, 31 / 56, 30 / 50, 46 / 56], 15).numpy()
+    np.testing.assert_array_equal(out, image[15:30, 31:46].astype(np.float32))
 
 
 def test_preprocess_eval_and_training():

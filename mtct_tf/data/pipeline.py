@@ -187,11 +187,12 @@ def decode_image(encoded):
     return image
 
 
-def crop_and_resize(image, bbox, image_size, margin=0.0):
+def crop_and_resize(image, bbox, image_size, margin=0.0, square=True):
     """Crops a normalised box (enlarged by a margin) and resizes it.
 
     The box is enlarged by ``margin`` times its height / width on each side,
-    clipped to the image, rounded to whole pixels (at least one) and resized
+    with ``square`` its shorter side is then grown to make it square,
+    it is clipped to the image, rounded to whole pixels (at least one) and resized
     to ``image_size`` x ``image_size`` with bilinear interpolation, no
     antialiasing. A pure function of tensors: the detector crop path and the
     exported serving graph call it too.
@@ -201,6 +202,8 @@ def crop_and_resize(image, bbox, image_size, margin=0.0):
         bbox: float [4] ``ymin, xmin, ymax, xmax`` in [0, 1].
         image_size: output side ``S`` (Python int).
         margin: fraction of the box size added on each side.
+        square: make the box square (in pixels) before resizing, keeping
+            the garment's aspect ratio.
 
     Returns:
         float32 [S, S, C] on the input's value scale ([0, 255] for uint8).
@@ -211,10 +214,19 @@ def crop_and_resize(image, bbox, image_size, margin=0.0):
     h, w = tf.cast(shape[0], tf.float32), tf.cast(shape[1], tf.float32)
     ymin, xmin, ymax, xmax = tf.unstack(bbox)
     dy, dx = margin * (ymax - ymin), margin * (xmax - xmin)
-    ymin = tf.clip_by_value(ymin - dy, 0.0, 1.0)
-    xmin = tf.clip_by_value(xmin - dx, 0.0, 1.0)
-    ymax = tf.clip_by_value(ymax + dy, 0.0, 1.0)
-    xmax = tf.clip_by_value(xmax + dx, 0.0, 1.0)
+    ymin, xmin, ymax, xmax = ymin - dy, xmin - dx, ymax + dy, xmax + dx
+    if square:
+        # Grow the shorter side to a square (in pixels) about the box's
+        # centre, so resizing keeps the garment's aspect ratio: length and
+        # fit are attributes, and a squashed box would disguise them.
+        side = tf.maximum((ymax - ymin) * h, (xmax - xmin) * w)
+        cy, cx = (ymin + ymax) / 2, (xmin + xmax) / 2
+        ymin, ymax = cy - side / (2 * h), cy + side / (2 * h)
+        xmin, xmax = cx - side / (2 * w), cx + side / (2 * w)
+    ymin = tf.clip_by_value(ymin, 0.0, 1.0)
+    xmin = tf.clip_by_value(xmin, 0.0, 1.0)
+    ymax = tf.clip_by_value(ymax, 0.0, 1.0)
+    xmax = tf.clip_by_value(xmax, 0.0, 1.0)
     # Rounding (not floor / ceil) keeps a box drawn on pixel edges exact
     # despite float error in its normalised coordinates.
     y0 = tf.clip_by_value(tf.cast(tf.round(ymin * h), tf.int32), 0,

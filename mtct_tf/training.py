@@ -1,0 +1,371 @@
+"""Stage runners: shop stage, street stage, and the one-stage baselines.
+
+``run(config, model_dir, stage)`` trains what the config's ``method`` asks
+for. Each stage writes to ``<model_dir>/<stage>/``:
+
+    model.keras        the MTN with the best validation weights (final)
+    best.weights.h5    best-on-validation weights, updated during training
+    backup/            Keras BackupAndRestore state (resume after a kill)
+    logs/              TensorBoard
+    history.csv        per-epoch metrics
+    done.json          written last: the stage finished (a rerun skips it)
+
+Budgets are counted in optimiser steps. With S1 = shop.epochs x shop steps
+per epoch and S2 = street.epochs x street steps per epoch, two-stage methods
+(MTCT, FTT) spend S1 then S2; one-stage methods (No-Adapt, UD, end-to-end)
+spend S1 + S2 in their single stage, so every method gets the same budget.
+"""
+
+import json
+import math
+import os
+import time
+import warnings
+
+import keras
+import tensorflow as tf
+
+from mtct_tf import attributes as attributes_lib
+from mtct_tf import configs as configs_lib
+from mtct_tf import distribute
+from mtct_tf import model as model_lib
+from mtct_tf import transfer
+from mtct_tf.data import features
+from mtct_tf.data import pipeline
+from mtct_tf.data import triplets
+
+# Our datasets are shuffled by tf.data; Keras warns that fit can't.
+warnings.filterwarnings("ignore", message=".*`shuffle=True` was passed")
+
+# Method -> the stages it runs, in order.
+PLANS = {
+    "mtct": ("shop", "street"),
+    "ftt": ("shop", "street"),
+    "no_adapt": ("shop",),
+    "ud": ("united",),
+    "end_to_end": ("joint",),
+}
+STAGES = ("shop", "street", "united", "joint")
+
+
+def final_stage(method):
+    return PLANS[method][-1]
+
+
+def stage_dir(model_dir, stage):
+    return os.path.join(model_dir, stage)
+
+
+def is_done(model_dir, stage):
+    return os.path.exists(os.path.join(stage_dir(model_dir, stage), "done.json"))
+
+
+def load_schema(config):
+    if config.schema:
+        return attributes_lib.get_schema(config.schema)
+    return pipeline.load_schema(config.data.shards_dir)
+
+
+def street_dir(config):
+    return config.data.street_shards_dir or config.data.shards_dir
+
+
+def count_records(files, domain=None):
+    """Counts records (of one domain) by parsing only the domain field."""
+    spec = {features.DOMAIN: tf.io.FixedLenFeature([], tf.string)}
+    ds = tf.data.TFRecordDataset(files, num_parallel_reads=4)
+    ds = ds.map(lambda s: tf.io.parse_single_example(s, spec)[features.DOMAIN])
+    if domain is not None:
+        ds = ds.filter(lambda d: tf.equal(d, domain))
+    return int(ds.reduce(0, lambda n, _: n + 1))
+
+
+def make_optimizer(stage_config, total_steps):
+    lr = keras.optimizers.schedules.CosineDecay(
+        stage_config.learning_rate, decay_steps=max(1, total_steps), alpha=0.05
+    )
+    name = stage_config.optimizer
+    if name == "adam":
+        return keras.optimizers.Adam(lr)
+    if name == "adamw":
+        return keras.optimizers.AdamW(lr, weight_decay=stage_config.weight_decay)
+    if name == "sgd":
+        return keras.optimizers.SGD(lr, momentum=0.9)
+    raise configs_lib.ConfigError(
+        f"optimizer must be adam, adamw or sgd. Received: {name!r}"
+    )
+
+
+def build_mtn(config, schema):
+    m = config.model
+    return model_lib.MTN(
+        schema, preset=m.preset, image_size=config.data.image_size,
+        fc_units=m.fc_units or None,
+        dropout=None if m.dropout < 0 else m.dropout,
+        backbone=m.backbone, weights=m.weights or None,
+    )
+
+
+def load_mtn(path):
+    """Loads a saved MTN in Keras' safe mode (no arbitrary code)."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"{path} does not exist: train the stage that writes it first"
+        )
+    return keras.saving.load_model(path, safe_mode=True, compile=False)
+
+
+class BestWeights(keras.callbacks.Callback):
+    """Keeps the weights of ``net`` with the lowest ``monitor`` on validation.
+
+    The best value is stored beside the weights, so a resumed run compares
+    against the best epoch of the run it resumes.
+    """
+
+    def __init__(self, net, path, monitor="val_ce"):
+        super().__init__()
+        self.net, self.path, self.monitor = net, path, monitor
+        self.meta = f"{path}.json"
+        self.best = math.inf
+        if os.path.exists(self.meta):
+            with open(self.meta) as f:
+                self.best = json.load(f)["best"]
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is None or not value < self.best:
+            return
+        self.best = float(value)
+        tmp = self.path + ".tmp.weights.h5"
+        self.net.save_weights(tmp)
+        os.replace(tmp, self.path)
+        write_json(self.meta, {"best": self.best, "epoch": epoch + 1,
+                                "monitor": self.monitor})
+
+
+class CompactProgbar(keras.callbacks.ProgbarLogger):
+    """Keras' progress bar showing the losses and the mean accuracy only.
+
+    The per-attribute losses and accuracies still reach history.csv and
+    TensorBoard; on one line they would be unreadable.
+    """
+
+    SHOWN = ("loss", "ce", "cross_domain")
+
+    def _compact(self, logs):
+        logs = logs or {}
+        out = {}
+        for prefix in ("", "val_"):
+            for k in self.SHOWN:
+                if prefix + k in logs:
+                    out[prefix + k] = logs[prefix + k]
+            accs = [v for k, v in logs.items()
+                    if k.startswith(prefix) and k.endswith("_acc")
+                    and (prefix or not k.startswith("val_"))]
+            if accs:
+                out[prefix + "acc"] = sum(float(a) for a in accs) / len(accs)
+        return out
+
+    def on_train_batch_end(self, batch, logs=None):
+        super().on_train_batch_end(batch, self._compact(logs))
+
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch, self._compact(logs))
+
+
+def write_json(path, obj):
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(tmp, path)
+
+
+def _datasets(config, schema, stage):
+    """(train, val, steps per epoch, epochs, stage config) for a stage."""
+    d = config.data
+    shop_train = pipeline.shard_files(d.shards_dir, "train")
+    shop_val = pipeline.shard_files(d.shards_dir, "val")
+    street_train = pipeline.shard_files(street_dir(config), "train")
+    street_val = pipeline.shard_files(street_dir(config), "val")
+    common = dict(image_size=d.image_size, batch_size=d.batch_size,
+                  margin=d.margin, seed=config.seed)
+    n_shop = count_records(shop_train, "shop")
+    n_street = count_records(street_train, "street")
+    shop_spe = config.shop.steps_per_epoch or math.ceil(n_shop / d.batch_size)
+    street_spe = config.street.steps_per_epoch or math.ceil(
+        n_street * d.street_label_fraction / d.batch_size)
+    s1 = config.shop.epochs * shop_spe
+    s2 = config.street.epochs * street_spe
+    one_stage_epochs = config.shop.epochs + config.street.epochs
+    one_stage_spe = math.ceil((s1 + s2) / one_stage_epochs)
+
+    def plain(files, training, domain, fraction=1.0):
+        return pipeline.make_dataset(
+            files, schema, training=training, domain=domain,
+            shuffle_buffer=d.shuffle_buffer, label_fraction=fraction,
+            cache=d.cache and not training, **common)
+
+    def triplet(training, fraction):
+        split = "train" if training else "val"
+        return triplets.make_triplet_dataset(
+            street_train if training else street_val,
+            pipeline.shard_files(d.shards_dir, split), schema,
+            training=training, negatives=d.negatives,
+            label_fraction=fraction, shuffle_buffer=d.shuffle_buffer,
+            **common)
+
+    fraction = d.street_label_fraction
+    if stage == "shop":
+        if config.method == "no_adapt":
+            return (plain(shop_train, True, "shop"),
+                    plain(shop_val, False, "shop"),
+                    one_stage_spe, one_stage_epochs, config.shop)
+        return (plain(shop_train, True, "shop"),
+                plain(shop_val, False, "shop"),
+                shop_spe, config.shop.epochs, config.shop)
+    if stage == "street":
+        train = (plain(street_train, True, "street", fraction)
+                 if config.street.cross_domain.kind == "none"
+                 else triplet(True, fraction))
+        return (train, plain(street_val, False, "street"),
+                street_spe, config.street.epochs, config.street)
+    if stage == "united":
+        files = sorted(set(shop_train) | set(street_train))
+        if fraction < 1:
+            # Shop records are kept whole; only street items are thinned.
+            train = plain(shop_train, True, "shop").unbatch().concatenate(
+                plain(street_train, True, "street", fraction).unbatch())
+            train = train.shuffle(d.shuffle_buffer).batch(d.batch_size)
+        else:
+            train = plain(files, True, None)
+        val = plain(sorted(set(shop_val) | set(street_val)), False, None)
+        return train, val, one_stage_spe, one_stage_epochs, config.shop
+    if stage == "joint":
+        return (triplet(True, fraction), plain(street_val, False, "street"),
+                one_stage_spe, one_stage_epochs, config.shop)
+    raise ValueError(f"unknown stage {stage!r}; expected one of {STAGES}")
+
+
+def train_stage(config, model_dir, stage, *, verbose="auto"):
+    """Trains one stage, resuming from its backup if one exists.
+
+    Returns:
+        The stage's ``done.json`` content.
+    """
+    out = stage_dir(model_dir, stage)
+    os.makedirs(out, exist_ok=True)
+    schema = load_schema(config)
+    strategy = distribute.get_strategy(config.runtime.strategy)
+    distribute.set_precision(config.runtime.mixed_precision)
+    keras.utils.set_random_seed(config.seed)
+    train_ds, val_ds, spe, epochs, stage_cfg = _datasets(config, schema, stage)
+    cross = config.street.cross_domain
+
+    with strategy.scope():
+        if stage == "street":
+            shop_net = load_mtn(os.path.join(stage_dir(model_dir, "shop"),
+                                             "model.keras"))
+            check_schema(shop_net, schema, config.data.shards_dir)
+            net = model_lib.MTN.from_config(shop_net.get_config())
+            net.set_weights(shop_net.get_weights())
+            if config.street.finetune == "fc":
+                transfer.freeze_trunk(net)
+            trainer = transfer.CrossDomainModel(
+                net, shop_net, kind=cross.kind, weight=cross.weight,
+                alpha=cross.alpha, beta=cross.beta, margin=cross.margin,
+                normalize=cross.normalize)
+        else:
+            net = build_mtn(config, schema)
+            if config.init_from and stage in ("shop", "united", "joint"):
+                from mtct_tf import pretrain
+                pretrain.restore_trunk(net, config.init_from)
+            kind = cross.kind if stage == "joint" else "none"
+            trainer = transfer.CrossDomainModel(
+                net, None, kind=kind, weight=cross.weight, alpha=cross.alpha,
+                beta=cross.beta, margin=cross.margin,
+                normalize=cross.normalize,
+                shop_loss_weight=1.0 if stage == "joint" else 0.0)
+        trainer.compile(optimizer=make_optimizer(stage_cfg, spe * epochs),
+                        jit_compile=config.runtime.jit_compile)
+        # BackupAndRestore restores into built weights and optimiser slots.
+        size = config.data.image_size
+        trainer(tf.zeros((1, size, size, 3)))
+        trainer.optimizer.build(trainer.trainable_variables)
+
+    best_path = os.path.join(out, "best.weights.h5")
+    backup = config.runtime.backup_every_steps or "epoch"
+    callbacks = [
+        CompactProgbar(),
+        keras.callbacks.BackupAndRestore(os.path.join(out, "backup"),
+                                         save_freq=backup),
+        BestWeights(net, best_path),
+        keras.callbacks.CSVLogger(os.path.join(out, "history.csv"),
+                                  append=True),
+        keras.callbacks.TensorBoard(os.path.join(out, "logs"),
+                                    update_freq="epoch"),
+    ]
+    start = time.time()
+    trainer.fit(
+        train_ds, epochs=epochs, steps_per_epoch=spe,
+        validation_data=val_ds,
+        validation_steps=stage_cfg.validation_steps or None,
+        callbacks=callbacks, verbose=verbose,
+    )
+    if os.path.exists(best_path):
+        net.load_weights(best_path)
+    if distribute.is_chief():
+        tmp = os.path.join(out, "model.tmp.keras")
+        net.save(tmp)
+        os.replace(tmp, os.path.join(out, "model.keras"))
+    info = {"stage": stage, "method": config.method, "epochs": epochs,
+            "steps_per_epoch": spe, "steps": spe * epochs,
+            "seconds": round(time.time() - start, 1),
+            "best_val_ce": callbacks[2].best}
+    if distribute.is_chief():
+        write_json(os.path.join(out, "done.json"), info)
+    return info
+
+
+def check_schema(net, schema, where):
+    """Raises ``ValueError`` unless ``net``'s heads match ``schema``."""
+    if tuple(net.num_values.items()) != tuple(schema.num_values.items()):
+        raise ValueError(
+            f"the model was trained with attributes {net.num_values}, but "
+            f"the schema {schema.name!r} of {where} has {schema.num_values}; "
+            "use data with the schema the model was trained with, or train "
+            "again"
+        )
+
+
+def run(config, model_dir, stage="all", *, verbose="auto"):
+    """Trains ``stage`` (or every stage of the config's method for "all").
+
+    Finished stages (``done.json``) are skipped, so rerunning the same
+    command after a kill resumes where it stopped.
+
+    Returns:
+        Dict stage -> its ``done.json`` content.
+    """
+    os.makedirs(model_dir, exist_ok=True)
+    configs_lib.save(config, os.path.join(model_dir, "config.yaml"))
+    plan = PLANS[config.method]
+    if stage == "all":
+        stages = plan
+    elif stage in plan:
+        stages = (stage,)
+    else:
+        raise configs_lib.ConfigError(
+            f"method {config.method!r} runs stages {plan}; --stage {stage} "
+            "is not one of them"
+        )
+    results = {}
+    for s in stages:
+        done = os.path.join(stage_dir(model_dir, s), "done.json")
+        if os.path.exists(done) and stage == "all":
+            with open(done) as f:
+                results[s] = json.load(f)
+            print(f"[{s}] already trained ({done}); skipping")
+            continue
+        print(f"[{s}] training ({config.method})")
+        results[s] = train_stage(config, model_dir, s, verbose=verbose)
+    return results
