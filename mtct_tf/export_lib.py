@@ -1,0 +1,504 @@
+"""Export: SavedModels for TF Serving and ``.keras`` files (SPEC §2.4).
+
+``export_saved_model`` writes one TF Serving version directory::
+
+    <base_dir>/<model_name>/<version>/
+        saved_model.pb, variables/, fingerprint.pb
+        assets.extra/schema.json        the attribute schema (value names)
+        assets.extra/mtct_export.json   what was exported, and how
+
+Signatures (``ServingModule``):
+
+``serving_default``
+    input ``images``: string [B], encoded JPEG / PNG photos of any sizes.
+    Each is decoded and resized exactly as the evaluation pipeline does
+    (``pipeline.decode_image`` then ``pipeline.crop_and_resize`` of the whole
+    image), then the MTN runs on the batch.
+``serving_tensors``
+    input ``images``: float32 [B, S, S, 3] in [0, 255], already cropped and
+    resized (for clients that do their own preprocessing).
+
+Outputs of both, per attribute ``a`` (keys use ``_`` because TF Serving's
+REST API passes output names through to JSON, where ``_`` needs no care):
+``a_probabilities`` float32 [B, K], ``a_index`` int64 [B] (top value) and
+``a_value`` string [B] (its name, looked up in the schema's value names baked
+into the graph as a constant); plus ``embedding`` float32 [B, D].
+
+With a detector (``detector=`` a Faster R-CNN SavedModel from
+``mtct_tf.detect export``), ``serving_default`` takes whole street photos:
+detector -> highest-scoring garment box with score >= ``min_score`` (else
+the whole image) -> ``crop_and_resize`` with ``margin`` -> MTN, in one
+graph. It adds ``box`` (float32 [B, 4], ymin, xmin, ymax, xmax normalised
+to the original photo), ``box_pixels`` (the same in original pixels),
+``box_score`` (float32 [B], 0 without a detection) and ``detected`` (bool
+[B]). ``serving_tensors`` stays detector-free.
+
+Every output has the batch as its first dimension, as TF Serving's request
+batching requires.
+"""
+
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+
+import keras
+import tensorflow as tf
+
+from mtct_tf import attributes as attributes_lib
+from mtct_tf.data import pipeline
+
+SIGNATURE_IMAGES = "serving_default"
+SIGNATURE_TENSORS = "serving_tensors"
+INPUT = "images"
+EXTRA_DIR = "assets.extra"
+SCHEMA_FILE = "schema.json"
+META_FILE = "mtct_export.json"
+# Detector outputs (Model Garden's DetectionModule names).
+DETECTOR_SIGNATURES = ("image_tensor", "serving_default")
+DETECTOR_OUTPUTS = ("detection_boxes", "detection_scores",
+                    "detection_classes", "num_detections", "image_info")
+# mtct_tf.detector.GARMENT_CLASS, repeated so that export does not import
+# the detector module.
+GARMENT_CLASS = 1
+DEFAULT_MIN_SCORE = 0.5
+
+
+def output_keys(schema, *, with_detector=False):
+    """The output names of the serving signatures, in order."""
+    schema = attributes_lib.get_schema(schema)
+    keys = []
+    for name in schema.names:
+        keys += [f"{name}_probabilities", f"{name}_index", f"{name}_value"]
+    keys.append("embedding")
+    if with_detector:
+        keys += ["box", "box_pixels", "box_score", "detected"]
+    return keys
+
+
+def _check_schema(net, schema):
+    if tuple(net.num_values.items()) != tuple(schema.num_values.items()):
+        raise ValueError(
+            "The schema does not match the model's heads: the model has "
+            f"{net.num_values}, the schema {schema.name!r} has "
+            f"{schema.num_values}. Received: schema={schema!r}"
+        )
+
+
+def load_detector(detector):
+    """Loads a detector SavedModel (or its export dir with ``saved_model/``).
+
+    Returns:
+        ``(loaded object, signature function, input name, input dtype)``.
+
+    Raises:
+        FileNotFoundError: no SavedModel at the path.
+        ValueError: no ``image_tensor`` / ``serving_default`` signature with
+            one image input and the Model Garden outputs.
+    """
+    path = os.fspath(detector)
+    sub = os.path.join(path, "saved_model")
+    if os.path.isfile(os.path.join(sub, "saved_model.pb")):
+        path = sub
+    if not os.path.isfile(os.path.join(path, "saved_model.pb")):
+        raise FileNotFoundError(
+            f"{detector}: no saved_model.pb (expected the export directory "
+            "of `python -m mtct_tf.detect export` or its saved_model/)"
+        )
+    loaded = tf.saved_model.load(path)
+    for key in DETECTOR_SIGNATURES:
+        if key in loaded.signatures:
+            fn = loaded.signatures[key]
+            break
+    else:
+        raise ValueError(
+            f"{detector}: the detector needs one of the signatures "
+            f"{DETECTOR_SIGNATURES}. Received: {sorted(loaded.signatures)}"
+        )
+    inputs = fn.structured_input_signature[1]
+    missing = [k for k in DETECTOR_OUTPUTS if k not in fn.structured_outputs]
+    if len(inputs) != 1 or missing:
+        raise ValueError(
+            f"{detector}: expected one image input and the outputs "
+            f"{DETECTOR_OUTPUTS}. Received: inputs={sorted(inputs)}, "
+            f"outputs={sorted(fn.structured_outputs)}"
+        )
+    (name, spec), = inputs.items()
+    return loaded, fn, name, spec.dtype
+
+
+def choose_box(detections, height, width, *, min_score, class_id):
+    """Picks one image's garment box from Model Garden detector outputs.
+
+    The graph twin of ``mtct_tf.detector.choose_box`` + ``rescale_boxes``:
+    the highest-scoring detection of ``class_id`` (``None``: any) with score
+    >= ``min_score`` and finite coordinates, mapped from the detector's
+    resized input back to the photo as ``(box + offset) / scale`` with
+    ``image_info = [[h, w], [scaled h, w], [y_scale, x_scale], [y_offset,
+    x_offset]]``, clipped to the photo. Without one: the whole photo.
+
+    Args:
+        detections: the detector's output dict for a batch of one.
+        height, width: the photo's size (scalar tensors).
+        min_score, class_id: Python numbers (or ``None`` for ``class_id``).
+
+    Returns:
+        ``(box normalised [4], box in pixels [4], score, detected)``.
+    """
+    boxes = tf.cast(detections["detection_boxes"][0], tf.float32)
+    scores = tf.cast(detections["detection_scores"][0], tf.float32)
+    classes = tf.cast(detections["detection_classes"][0], tf.float32)
+    num = tf.cast(tf.reshape(detections["num_detections"], [-1])[0], tf.int32)
+    info = tf.cast(detections["image_info"][0], tf.float32)
+    h, w = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
+    size = tf.stack([h, w, h, w])
+    pixels = (boxes + tf.tile(info[3], [2])) / tf.tile(info[2], [2])
+    pixels = tf.clip_by_value(pixels, 0.0, size)
+    ok = tf.range(tf.shape(scores)[0]) < num
+    ok &= scores >= min_score
+    ok &= tf.reduce_all(tf.math.is_finite(boxes), axis=-1)
+    if class_id is not None:
+        ok &= tf.equal(tf.round(classes), float(class_id))
+    # A sentinel row keeps argmax and gather valid with zero detections.
+    masked = tf.concat([tf.where(ok, scores, -float("inf")),
+                        [-float("inf")]], 0)
+    pixels = tf.concat([pixels, [tf.zeros([4])]], 0)
+    k = tf.argmax(masked, output_type=tf.int32)
+    detected = tf.reduce_any(ok)
+    box_pixels = tf.where(detected, pixels[k], size * [0.0, 0.0, 1.0, 1.0])
+    score = tf.where(detected, masked[k], 0.0)
+    return box_pixels / size, box_pixels, score, detected
+
+
+class ServingModule(tf.Module):
+    """The exported graph: preprocessing, optional detector, MTN, names.
+
+    Args:
+        net: an ``MTN``.
+        schema: its ``AttributeSchema`` (value names); must match its heads.
+        margin: context added around a detector box on each side, as a
+            fraction of the box size (``pipeline.crop_and_resize``). The
+            whole-image path is unaffected (the enlarged box is clipped).
+        detector: ``None``, or a detector SavedModel path.
+        min_score: lowest detection score accepted.
+        class_id: the detection class of garments (``None``: any class).
+    """
+
+    def __init__(self, net, schema, *, margin=0.0, detector=None,
+                 min_score=DEFAULT_MIN_SCORE, class_id=GARMENT_CLASS):
+        super().__init__(name="mtct_serving")
+        schema = attributes_lib.get_schema(schema)
+        _check_schema(net, schema)
+        if margin < 0:
+            raise ValueError(
+                f"`margin` must be >= 0. Received: margin={margin}")
+        self.net = net
+        self._schema = schema
+        self._size = int(net.image_size)
+        self._margin = float(margin)
+        self._min_score = float(min_score)
+        self._class_id = class_id
+        self.with_detector = detector is not None
+        if self.with_detector:
+            (self.detector, self._detect, self._detector_input,
+             self._detector_dtype) = load_detector(detector)
+        self.serve_images = tf.function(
+            self._serve_images,
+            input_signature=[tf.TensorSpec([None], tf.string, name=INPUT)])
+        self.serve_tensors = tf.function(
+            self._serve_tensors,
+            input_signature=[tf.TensorSpec(
+                [None, self._size, self._size, 3], tf.float32, name=INPUT)])
+
+    def signatures(self):
+        return {SIGNATURE_IMAGES: self.serve_images,
+                SIGNATURE_TENSORS: self.serve_tensors}
+
+    def _net_outputs(self, images):
+        out = self.net(images, training=False)
+        return {k: tf.cast(v, tf.float32) for k, v in out.items()}
+
+    def _empty_outputs(self):
+        dims = {**self._schema.num_values,
+                "embedding": int(self.net.output["embedding"].shape[-1])}
+        return {k: tf.zeros([0, d], tf.float32) for k, d in dims.items()}
+
+    def _heads(self, images):
+        # TF 2.20's graph-mode CPU Conv2D returns its input unchanged for an
+        # empty batch, which then fails in batch norm; an empty request gets
+        # empty outputs without running the network.
+        out = tf.cond(tf.shape(images)[0] > 0,
+                      lambda: self._net_outputs(images),
+                      self._empty_outputs)
+        result = {}
+        for attribute in self._schema:
+            probs = out[attribute.name]
+            index = tf.argmax(probs, axis=-1, output_type=tf.int64)
+            names = tf.constant(attribute.values, tf.string)
+            result[f"{attribute.name}_probabilities"] = probs
+            result[f"{attribute.name}_index"] = index
+            result[f"{attribute.name}_value"] = tf.gather(names, index)
+        result["embedding"] = out["embedding"]
+        return result
+
+    def _serve_tensors(self, images):
+        return self._heads(images)
+
+    def _whole_image(self, encoded):
+        image = pipeline.decode_image(encoded)
+        return pipeline.crop_and_resize(
+            image, tf.constant([0.0, 0.0, 1.0, 1.0]), self._size, 0.0)
+
+    def _detect_and_crop(self, encoded):
+        image = pipeline.decode_image(encoded)
+        shape = tf.shape(image)
+        detections = self._detect(**{
+            self._detector_input:
+                tf.cast(image, self._detector_dtype)[tf.newaxis]})
+        box, pixels, score, detected = choose_box(
+            detections, shape[0], shape[1], min_score=self._min_score,
+            class_id=self._class_id)
+        crop = pipeline.crop_and_resize(image, box, self._size, self._margin)
+        return crop, box, pixels, score, detected
+
+    def _serve_images(self, images):
+        crop_spec = tf.TensorSpec([self._size, self._size, 3], tf.float32)
+        if not self.with_detector:
+            crops = tf.map_fn(self._whole_image, images,
+                              fn_output_signature=crop_spec)
+            return self._heads(crops)
+        box_spec = tf.TensorSpec([4], tf.float32)
+        crops, box, pixels, score, detected = tf.map_fn(
+            self._detect_and_crop, images,
+            fn_output_signature=(crop_spec, box_spec, box_spec,
+                                 tf.TensorSpec([], tf.float32),
+                                 tf.TensorSpec([], tf.bool)))
+        result = self._heads(crops)
+        result.update(box=box, box_pixels=pixels, box_score=score,
+                      detected=detected)
+        return result
+
+
+def next_version(model_dir):
+    """1 + the largest integer version directory in ``model_dir`` (or 1)."""
+    if not os.path.isdir(model_dir):
+        return 1
+    versions = [int(d) for d in os.listdir(model_dir)
+                if re.fullmatch(r"\d+", d)
+                and os.path.isdir(os.path.join(model_dir, d))]
+    return max(versions, default=0) + 1
+
+
+def export_saved_model(net, schema, base_dir, model_name="mtct", version=None,
+                       margin=0.0, detector=None, *,
+                       min_score=DEFAULT_MIN_SCORE, class_id=GARMENT_CLASS):
+    """Writes a TF Serving version directory for ``net``.
+
+    The SavedModel is written into a hidden temporary directory beside the
+    version (TF Serving only loads directories named by an integer) and
+    renamed into place when complete, so a crash never leaves a half
+    version that a running server would pick up.
+
+    Args:
+        net: an ``MTN``.
+        schema: its ``AttributeSchema`` (or a built-in name / JSON path).
+        base_dir: the model base directory's parent.
+        model_name: TF Serving's model name (the ``base_path`` leaf).
+        version: a positive int, or ``None`` for the next free integer.
+        margin: context around detector boxes (see ``ServingModule``).
+        detector: ``None`` or a detector SavedModel path (see the module
+            docstring).
+        min_score, class_id: detector box selection.
+
+    Returns:
+        The version directory path.
+
+    Raises:
+        FileExistsError: ``version`` exists already (versions are never
+            overwritten: a server may have loaded it).
+        ValueError: the schema does not match the model, or a bad version.
+    """
+    schema = attributes_lib.get_schema(schema)
+    model_dir = os.path.join(os.fspath(base_dir), model_name)
+    os.makedirs(model_dir, exist_ok=True)
+    if version is None:
+        version = next_version(model_dir)
+    if isinstance(version, bool) or not isinstance(version, int) or \
+            version < 1:
+        raise ValueError(
+            f"`version` must be a positive int. Received: version={version!r}")
+    final = os.path.join(model_dir, str(version))
+    if os.path.exists(final):
+        raise FileExistsError(
+            f"{final} exists; TF Serving versions are never overwritten. "
+            "Leave version=None for the next free one.")
+    start = time.time()
+    module = ServingModule(net, schema, margin=margin, detector=detector,
+                           min_score=min_score, class_id=class_id)
+    tmp = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=model_dir)
+    try:
+        tf.saved_model.save(module, tmp, signatures=module.signatures())
+        extra = os.path.join(tmp, EXTRA_DIR)
+        os.makedirs(extra, exist_ok=True)
+        schema.save(os.path.join(extra, SCHEMA_FILE))
+        meta = {
+            "model_name": model_name,
+            "version": version,
+            "image_size": int(net.image_size),
+            "attributes": list(schema.names),
+            "signatures": {
+                SIGNATURE_IMAGES: "images: string [B] JPEG/PNG",
+                SIGNATURE_TENSORS: (f"images: float32 [B, {net.image_size}, "
+                                    f"{net.image_size}, 3] in [0, 255]"),
+            },
+            "outputs": output_keys(schema, with_detector=bool(detector)),
+            "detector": os.path.abspath(detector) if detector else None,
+            "margin": margin,
+            "min_score": min_score if detector else None,
+            "class_id": class_id if detector else None,
+            "model_config": net.get_config(),
+            "tensorflow": tf.__version__,
+            "keras": keras.__version__,
+            "seconds": round(time.time() - start, 2),
+        }
+        with open(os.path.join(extra, META_FILE), "w") as f:
+            json.dump(meta, f, indent=1)
+        os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def read_export_info(version_dir):
+    """``(schema, metadata dict)`` stored in a version's ``assets.extra``."""
+    extra = os.path.join(os.fspath(version_dir), EXTRA_DIR)
+    schema = attributes_lib.AttributeSchema.load(
+        os.path.join(extra, SCHEMA_FILE))
+    with open(os.path.join(extra, META_FILE)) as f:
+        return schema, json.load(f)
+
+
+def export_keras(net, path, *, verify=True):
+    """Saves ``net`` as a ``.keras`` file atomically.
+
+    Written under a temporary name in the same directory, then renamed.
+    With ``verify``, the temporary file is first loaded back in safe mode
+    (no arbitrary code), so a file that only unsafe loading could read is
+    never published.
+
+    Returns:
+        ``path``.
+    """
+    path = os.fspath(path)
+    if not path.endswith(".keras"):
+        raise ValueError(f"`path` must end with .keras. Received: path={path}")
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".keras", dir=folder)
+    os.close(fd)
+    try:
+        net.save(tmp)
+        if verify:
+            load_keras(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path
+
+
+def load_keras(path):
+    """Loads a ``.keras`` MTN in safe mode, without compiling."""
+    return keras.saving.load_model(path, safe_mode=True, compile=False)
+
+
+def is_saved_model(path):
+    return os.path.isfile(os.path.join(os.fspath(path), "saved_model.pb"))
+
+
+def latest_version_dir(path):
+    """``path`` if it is a SavedModel, else its newest integer version."""
+    path = os.fspath(path)
+    if is_saved_model(path):
+        return path
+    if os.path.isdir(path):
+        versions = sorted(
+            (int(d) for d in os.listdir(path)
+             if re.fullmatch(r"\d+", d)
+             and is_saved_model(os.path.join(path, d))), reverse=True)
+        if versions:
+            return os.path.join(path, str(versions[0]))
+    return None
+
+
+def load_model_and_schema(model, *, schema=None, stage=None):
+    """Loads an MTN, its schema and its training crop margin.
+
+    Args:
+        model: a training run directory (``config.yaml`` + ``<stage>/
+            model.keras``; the method's last stage unless ``stage``) or a
+            ``.keras`` file.
+        schema: a schema name or JSON path; default: the run's schema, or
+            for a ``.keras`` file ``schema.json`` beside it, else the schema
+            of the run it sits in (``<run>/<stage>/model.keras``).
+        stage: the stage of a run directory.
+
+    Returns:
+        ``(net, schema, margin)``: ``margin`` is the run's
+        ``data.margin`` (``None`` when the model is not in a run).
+
+    Raises:
+        FileNotFoundError: nothing loadable at ``model``.
+        ValueError: no schema found, or one that does not fit the heads.
+    """
+    from mtct_tf import configs as configs_lib
+    from mtct_tf import training
+
+    model = os.fspath(model)
+    run_dir = None
+    if os.path.isdir(model) and os.path.isfile(
+            os.path.join(model, "config.yaml")):
+        run_dir = model
+    elif model.endswith(".keras") and os.path.isfile(model):
+        parent = os.path.dirname(os.path.dirname(os.path.abspath(model)))
+        if os.path.isfile(os.path.join(parent, "config.yaml")):
+            run_dir = parent
+    elif not os.path.exists(model):
+        raise FileNotFoundError(f"{model}: no such file or directory")
+    else:
+        raise FileNotFoundError(
+            f"{model}: expected a training run directory (with config.yaml) "
+            "or a .keras file")
+    config = None
+    if run_dir is not None:
+        config = configs_lib.from_dict(configs_lib.load_yaml(
+            os.path.join(run_dir, "config.yaml")))
+    if model.endswith(".keras"):
+        path = model
+    else:
+        stage = stage or training.final_stage(config.method)
+        path = os.path.join(training.stage_dir(run_dir, stage), "model.keras")
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"{path} does not exist: train stage {stage!r} of {run_dir} "
+                "first")
+    net = load_keras(path)
+    if schema is not None:
+        schema = attributes_lib.get_schema(schema)
+    elif model.endswith(".keras") and os.path.isfile(
+            os.path.join(os.path.dirname(model), SCHEMA_FILE)):
+        schema = attributes_lib.AttributeSchema.load(
+            os.path.join(os.path.dirname(model), SCHEMA_FILE))
+    elif config is not None:
+        schema = training.load_schema(config)
+    else:
+        raise ValueError(
+            f"{model}: no schema.json beside it and not inside a training "
+            "run; pass the schema (a built-in name or a JSON file)")
+    _check_schema(net, schema)
+    margin = config.data.margin if config is not None else None
+    return net, schema, margin

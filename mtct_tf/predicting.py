@@ -1,0 +1,254 @@
+"""Attribute predictions for single photos, through the serving graph.
+
+``Predictor`` runs exactly what TF Serving runs: an exported SavedModel's
+``serving_default`` signature, or, for a ``.keras`` model or a training run,
+the same ``export_lib.ServingModule`` built in memory (decode, optional
+detector, ``crop_and_resize``, MTN). So ``python -m mtct_tf.predict`` and a
+served model answer the same for the same bytes.
+"""
+
+import dataclasses
+import io
+import math
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from mtct_tf import attributes as attributes_lib
+from mtct_tf import export_lib
+
+# Annotation: images are scaled up (nearest) until their long side reaches
+# this many pixels, so that a 64 px demo photo still shows a readable box.
+ANNOTATION_SIDE = 384
+BOX_COLOUR = (255, 40, 40)
+
+
+@dataclasses.dataclass
+class Prediction:
+    """One photo's answer.
+
+    Attributes:
+        top: attribute name -> ``[(value name, probability), ...]``, most
+            probable first.
+        box: ``(ymin, xmin, ymax, xmax)`` normalised to the photo, or
+            ``None`` without a detector.
+        box_pixels: the same box in photo pixels, or ``None``.
+        score: the detection score (0.0 when the whole photo was used).
+        detected: whether a detection passed the score threshold.
+    """
+
+    top: dict
+    box: tuple = None
+    box_pixels: tuple = None
+    score: float = 0.0
+    detected: bool = False
+
+    def to_dict(self):
+        return {
+            "attributes": {
+                name: [{"value": v, "probability": p} for v, p in values]
+                for name, values in self.top.items()},
+            "box": self.box, "box_pixels": self.box_pixels,
+            "score": self.score, "detected": self.detected,
+        }
+
+
+class Predictor:
+    """Predicts attributes of encoded photos with a model and its schema.
+
+    Build with ``load_predictor``.
+
+    Attributes:
+        schema: the ``AttributeSchema`` (value names).
+        with_detector: whether a detector picks the garment box.
+        source: what was loaded (for messages).
+    """
+
+    def __init__(self, fn, schema, with_detector, source, keep=None):
+        self._fn = fn
+        self._keep = keep  # Keeps a loaded SavedModel's variables alive.
+        self.schema = schema
+        self.with_detector = with_detector
+        self.source = source
+
+    def raw(self, encoded):
+        """Serving outputs (numpy) of a list of encoded photos."""
+        out = self._fn(images=tf.constant(list(encoded), tf.string))
+        return {k: v.numpy() for k, v in out.items()}
+
+    def predict_bytes(self, encoded, *, top_k=3, name="image"):
+        """``Prediction`` of one encoded photo.
+
+        Raises:
+            ValueError: the bytes are not a JPEG / PNG image (names
+                ``name``).
+        """
+        if top_k < 1:
+            raise ValueError(f"`top_k` must be >= 1. Received: top_k={top_k}")
+        try:
+            out = self.raw([encoded])
+        except tf.errors.InvalidArgumentError as e:
+            reason = (e.message or str(e)).strip().splitlines()[0]
+            raise ValueError(
+                f"{name}: cannot decode it as a JPEG or PNG image "
+                f"({reason})") from None
+        top = {}
+        for attribute in self.schema:
+            probs = out[f"{attribute.name}_probabilities"][0]
+            order = np.argsort(-probs, kind="stable")[:top_k]
+            top[attribute.name] = [
+                (attribute.values[k], float(probs[k])) for k in order]
+        if not self.with_detector:
+            return Prediction(top)
+        return Prediction(
+            top, box=tuple(float(v) for v in out["box"][0]),
+            box_pixels=tuple(float(v) for v in out["box_pixels"][0]),
+            score=float(out["box_score"][0]),
+            detected=bool(out["detected"][0]))
+
+    def predict_file(self, path, *, top_k=3):
+        """``Prediction`` of a photo file.
+
+        Raises:
+            FileNotFoundError: no such file (the message names it).
+            ValueError: the file is not a decodable image (names it).
+        """
+        return self.predict_bytes(read_photo(path), top_k=top_k, name=path)
+
+
+def read_photo(path):
+    """The bytes of a photo file; ``FileNotFoundError`` names a missing one."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such photo file")
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def load_predictor(model, *, schema=None, stage=None, detector=None,
+                   margin=None, min_score=export_lib.DEFAULT_MIN_SCORE):
+    """Loads a model for ``Predictor``.
+
+    Args:
+        model: a training run directory, a ``.keras`` file, a SavedModel
+            version directory, or a TF Serving model directory (its newest
+            version is used).
+        schema: schema name or JSON (default: found as
+            ``export_lib.load_model_and_schema`` says; a SavedModel carries
+            its own in ``assets.extra``).
+        stage: the stage of a run directory.
+        detector: a detector SavedModel to crop the garment first (not with
+            a SavedModel ``model``: export it ``--with_detector`` instead).
+        margin: context around a detector box; default: the run's
+            ``data.margin``, else 0.1.
+        min_score: lowest detection score accepted.
+
+    Returns:
+        A ``Predictor``.
+    """
+    version_dir = export_lib.latest_version_dir(model)
+    if version_dir is not None:
+        saved_schema, meta = export_lib.read_export_info(version_dir)
+        has_detector = bool(meta.get("detector"))
+        if detector is not None:
+            raise ValueError(
+                f"{version_dir} is a SavedModel"
+                f"{' that already has a detector' if has_detector else ''}; "
+                "a detector cannot be added to it here. Export the model "
+                "with --with_detector, or pass its .keras file or run "
+                "directory.")
+        if schema is not None:
+            saved_schema = attributes_lib.get_schema(schema)
+        loaded = tf.saved_model.load(version_dir)
+        fn = loaded.signatures[export_lib.SIGNATURE_IMAGES]
+        return Predictor(fn, saved_schema, has_detector, version_dir,
+                         keep=loaded)
+    net, schema, run_margin = export_lib.load_model_and_schema(
+        model, schema=schema, stage=stage)
+    if margin is None:
+        margin = run_margin if run_margin is not None else 0.1
+    module = export_lib.ServingModule(
+        net, schema, margin=margin, detector=detector, min_score=min_score)
+    return Predictor(module.serve_images, schema, detector is not None,
+                     os.fspath(model), keep=module)
+
+
+def _font(size):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: one bitmap size only.
+        return ImageFont.load_default()
+
+
+def annotate(encoded, prediction, path):
+    """Writes a PNG: the photo (box drawn) beside a panel of top-1 values.
+
+    Args:
+        encoded: the photo's bytes.
+        prediction: its ``Prediction``.
+        path: the PNG to write (written atomically).
+
+    Returns:
+        ``path``.
+    """
+    from PIL import Image, ImageDraw
+
+    with Image.open(io.BytesIO(encoded)) as im:
+        photo = im.convert("RGB")
+    w, h = photo.size
+    scale = max(1, math.ceil(ANNOTATION_SIDE / max(w, h)))
+    photo = photo.resize((w * scale, h * scale), Image.NEAREST)
+    draw = ImageDraw.Draw(photo)
+    if prediction.box_pixels is not None:
+        ymin, xmin, ymax, xmax = (v * scale for v in prediction.box_pixels)
+        width = max(2, photo.size[0] // 150)
+        colour = BOX_COLOUR if prediction.detected else (255, 200, 0)
+        draw.rectangle([xmin, ymin, xmax - 1, ymax - 1], outline=colour,
+                       width=width)
+    font = _font(14)
+    lines = []
+    if prediction.box is not None:
+        lines.append(f"garment score {prediction.score:.2f}"
+                     if prediction.detected else "no detection: whole photo")
+    for name, values in prediction.top.items():
+        value, p = values[0]
+        lines.append(f"{name}: {value} ({p:.2f})")
+    line_h = 18
+    panel_w = 12 + max(int(draw.textlength(s, font=font)) for s in lines)
+    canvas = Image.new(
+        "RGB", (photo.size[0] + panel_w,
+                max(photo.size[1], 10 + line_h * len(lines))), "white")
+    canvas.paste(photo, (0, 0))
+    text = ImageDraw.Draw(canvas)
+    for i, s in enumerate(lines):
+        text.text((photo.size[0] + 6, 5 + i * line_h), s, fill="black",
+                  font=font)
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".tmp-{os.getpid()}-{os.path.basename(path)}")
+    canvas.save(tmp, format="PNG")
+    os.replace(tmp, path)
+    return path
+
+
+def format_prediction(photo, prediction):
+    """The text that ``python -m mtct_tf.predict`` prints."""
+    lines = [photo]
+    if prediction.box is not None:
+        if prediction.detected:
+            box = " ".join(f"{v:.3f}" for v in prediction.box)
+            px = " ".join(f"{v:.0f}" for v in prediction.box_pixels)
+            lines.append(f"  garment box (ymin xmin ymax xmax) {box} "
+                         f"normalised, {px} px; score {prediction.score:.3f}")
+        else:
+            lines.append("  no garment detection above the threshold: "
+                         "whole photo used")
+    width = max(len(n) for n in prediction.top)
+    for name, values in prediction.top.items():
+        shown = "  ".join(f"{v} {p:.3f}" for v, p in values)
+        lines.append(f"  {name:<{width}}  {shown}")
+    return "\n".join(lines)
