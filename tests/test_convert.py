@@ -182,11 +182,17 @@ def test_records_shuffled_seeded_and_independent_of_workers(
     serial = str(tmp_path / "serial")
     convert.convert_manifest(tiny_dataset.manifest, serial, num_shards=1,
                              workers=1, progress=False)
-    # Small chunks so that the 12 images really go through a process pool.
+    # So that the 12 images really go through a process pool.
     monkeypatch.setattr(convert, "_CHUNK", 2)
+    monkeypatch.setattr(convert, "_MIN_IMAGES_PER_WORKER", 1)
+    contexts, get_context = [], convert.multiprocessing.get_context
+    monkeypatch.setattr(convert.multiprocessing, "get_context",
+                        lambda method: contexts.append(method)
+                        or get_context(method))
     parallel = str(tmp_path / "parallel")
     convert.convert_manifest(tiny_dataset.manifest, parallel, num_shards=1,
                              workers=2, progress=False)
+    assert contexts == ["spawn"]
     assert shard_bytes(serial) == shard_bytes(parallel)
     in_file_order = [line["id"] for line in tiny_dataset.lines
                      if line["split"] == "train"]

@@ -63,6 +63,9 @@ SHARD_GLOB = "{split}-[0-9][0-9][0-9][0-9][0-9]-of-[0-9][0-9][0-9][0-9][0-9]" \
 SHARD_RE = re.compile(r"^(?P<split>[a-z]+)-(?P<index>\d{5})-of-(?P<count>\d{5})"
                       r"\.tfrecord$")
 _CHUNK = 16  # Images per task sent to a worker process.
+# Starting a worker process costs about as much as checking a few hundred
+# images, so small conversions use fewer workers (or none).
+_MIN_IMAGES_PER_WORKER = 256
 
 
 class ImageError(ManifestError):
@@ -114,9 +117,16 @@ def feature_spec(schema):
         features.IS_CROWD: tf.io.VarLenFeature(tf.int64),
         features.AREA: tf.io.VarLenFeature(tf.float32),
     }
-    for name in schema.names:
+    for attribute in schema:
         # A record written with a smaller schema reads as "label missing".
-        spec[features.attribute_key(name)] = tf.io.FixedLenFeature(
+        if attribute.kind == attributes.MULTILABEL:
+            # One 1 / 0 / -1 entry per value of the attribute group.
+            spec[features.attribute_key(attribute.name)] = (
+                tf.io.FixedLenFeature(
+                    [attribute.num_values], tf.int64,
+                    default_value=list(attribute.missing_code)))
+            continue
+        spec[features.attribute_key(attribute.name)] = tf.io.FixedLenFeature(
             [], tf.int64, default_value=attributes.MISSING
         )
     return spec
@@ -132,7 +142,8 @@ def make_example(entry, encoded, fmt, height, width, schema):
         fmt: ``"jpeg"`` or ``"png"``.
         height, width: size of the encoded image in pixels.
         schema: the ``AttributeSchema``; its attributes are all written,
-            ``-1`` where the entry's label is missing.
+            ``-1`` where the entry's label is missing (multilabel attributes
+            as int64 vectors of 1 / 0 / -1, one entry per value).
 
     Returns:
         A ``tf.train.Example``.
@@ -175,9 +186,12 @@ def make_example(entry, encoded, fmt, height, width, schema):
         features.IS_CROWD: i([0] * len(boxes)),
         features.AREA: f([(x1 - x0) * (y1 - y0) for x0, y0, x1, y1 in boxes]),
     }
-    for name in schema.names:
-        code = entry.labels.get(name, attributes.MISSING)
-        feature[features.attribute_key(name)] = i([code])
+    for attribute in schema:
+        code = entry.labels.get(attribute.name, attribute.missing_code)
+        if attribute.kind == attributes.MULTILABEL:
+            feature[features.attribute_key(attribute.name)] = i(list(code))
+            continue
+        feature[features.attribute_key(attribute.name)] = i([code])
     return tf.train.Example(features=tf.train.Features(feature=feature))
 
 
@@ -247,10 +261,23 @@ def load_image(entry, *, manifest_path, resize=None, max_pixels=MAX_PIXELS):
                 fail(f"image {entry.path} is {width}x{height} = "
                      f"{width * height} pixels, more than the limit of "
                      f"{max_pixels} (a decompression bomb?)")
-            fmt = img.format
+            fmt, mode = img.format, img.mode
             img.verify()
             # verify() leaves the image unusable: open it again to decode.
             img = Image.open(io.BytesIO(data))
+            scale = None
+            if resize is not None and min(width, height) > resize:
+                scale = resize / min(width, height)
+                new_size = (max(1, round(width * scale)),
+                            max(1, round(height * scale)))
+            keep = scale is None and mode == "RGB" and fmt in ("JPEG", "PNG")
+            if fmt == "JPEG" and (keep or scale is not None):
+                # A JPEG can be decoded at 1/2 .. 1/8 scale in the DCT
+                # domain, about twice as fast; truncation is still caught.
+                # Kept files only need checking: decode them at 1/8. Resized
+                # ones decode at the smallest scale still >= the target.
+                img.draft(img.mode, (-(-width // 8), -(-height // 8))
+                          if keep else new_size)
             img.load()
     except ImageError:
         raise
@@ -269,17 +296,12 @@ def load_image(entry, *, manifest_path, resize=None, max_pixels=MAX_PIXELS):
         fail(f"bbox {list(bbox)} lies outside the {width}x{height} image "
              f"{entry.path}; expected xmax <= {width} and ymax <= {height}")
 
-    scale = None
-    if resize is not None and min(width, height) > resize:
-        scale = resize / min(width, height)
-    keep = (scale is None and img.mode == "RGB" and fmt in ("JPEG", "PNG"))
     if keep:
         return entry, data, fmt.lower(), height, width, False
 
     img = _to_rgb(img)
     if scale is not None:
-        new_w = max(1, round(width * scale))
-        new_h = max(1, round(height * scale))
+        new_w, new_h = new_size
         img = img.resize((new_w, new_h), Image.BICUBIC)
         if bbox is not None:
             sx, sy = new_w / width, new_h / height
@@ -415,8 +437,9 @@ def convert_manifest(manifest_path, out_dir, *, schema=None, num_shards=None,
         skip_bad: skip bad lines and images, listing them in the summary,
             instead of raising on the first one.
         allow_outside_root: let image paths leave the manifest's directory.
-        workers: image-checking processes (default ``os.cpu_count()``; 1
-            works in-process).
+        workers: at most this many image-checking processes (default
+            ``os.cpu_count()``); at least 256 images per process, and 1
+            process means in-process.
         progress: show a tqdm progress bar.
         seed: seeds the within-split shuffle.
         max_pixels: larger images are refused (decompression bombs).
@@ -429,6 +452,11 @@ def convert_manifest(manifest_path, out_dir, *, schema=None, num_shards=None,
             by file and line, unless ``skip_bad``; or no valid line at all.
         FileNotFoundError: no schema given and none beside the manifest.
     """
+    # Imported here, not at the top: worker processes import this module
+    # and must not load TensorFlow. Not counted in the timing.
+    import tensorflow as tf
+    from tqdm import tqdm
+
     start = time.time()
     schema = _resolve_schema(schema, manifest_path)
     if resize is not None and (isinstance(resize, bool)
@@ -460,9 +488,6 @@ def convert_manifest(manifest_path, out_dir, *, schema=None, num_shards=None,
                                         ".*.tfrecord.tmp")):
         _remove(stale)
 
-    import tensorflow as tf
-    from tqdm import tqdm
-
     splits = {}
     bad_images = []  # (line, message)
     written = []  # (tmp path, final path)
@@ -470,9 +495,10 @@ def convert_manifest(manifest_path, out_dir, *, schema=None, num_shards=None,
              for _, _, _, chunks in plan for chunk in chunks]
     pool = None
     try:
-        if workers > 1 and len(entries) > _CHUNK:
-            pool = multiprocessing.get_context("spawn").Pool(
-                min(workers, len(tasks)))
+        procs = min(workers, len(tasks),
+                    len(entries) // _MIN_IMAGES_PER_WORKER)
+        if procs > 1:
+            pool = multiprocessing.get_context("spawn").Pool(procs)
             results = pool.imap(_load_chunk, tasks)
         else:
             results = map(_load_chunk, tasks)
@@ -505,7 +531,12 @@ def convert_manifest(manifest_path, out_dir, *, schema=None, num_shards=None,
                             s["reencoded"] += re_enc
                             s["formats"][fmt] += 1
                             for attr, code in entry.labels.items():
-                                if code == attributes.MISSING:
+                                # A multilabel code is missing when all of
+                                # its entries are unknown.
+                                if code == attributes.MISSING or (
+                                        isinstance(code, tuple) and all(
+                                            c == attributes.MISSING
+                                            for c in code)):
                                     s["missing_labels"][attr] += 1
                 s["shards"].append(name)
         if pool is not None:

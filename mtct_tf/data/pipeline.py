@@ -38,6 +38,7 @@ CONTRAST_JITTER = 0.15
 # id reduced to this many buckets.
 _FRACTION_BUCKETS = 1_000_000
 _FULL_BOX = (0.0, 0.0, 1.0, 1.0)
+_READ_BUFFER = 2**20  # Bytes per open shard: a few dozen records.
 # Temporary shards: ours (``.<shard>.tmp``) and ``<shard>.tmp-<pid>``.
 _TMP_RE = re.compile(r"^\.?(?P<split>[a-z]+)-\d{5}-of-\d{5}\.tfrecord\.tmp")
 
@@ -149,7 +150,8 @@ def parse_example(serialized, schema):
         Dict with ``"encoded"``, ``"source_id"``, ``"domain"``, ``"item_id"``
         (scalar strings), ``"bbox"`` (float32 [4]: ymin, xmin, ymax, xmax,
         normalised; the first box, or [0, 0, 1, 1] when the record has none)
-        and ``"labels"`` (dict attribute -> int32 scalar, -1 = missing).
+        and ``"labels"`` (dict attribute -> int32 scalar, -1 = missing; for
+        a multilabel attribute int32 [N], 1 / 0 / -1 per value).
     """
     schema = attributes.get_schema(schema)
     full = convert.feature_spec(schema)
@@ -190,12 +192,13 @@ def decode_image(encoded):
 def crop_and_resize(image, bbox, image_size, margin=0.0, square=True):
     """Crops a normalised box (enlarged by a margin) and resizes it.
 
-    The box is enlarged by ``margin`` times its height / width on each side,
-    with ``square`` its shorter side is then grown to make it square,
-    it is clipped to the image, rounded to whole pixels (at least one) and resized
-    to ``image_size`` x ``image_size`` with bilinear interpolation, no
-    antialiasing. A pure function of tensors: the detector crop path and the
-    exported serving graph call it too.
+    The box is enlarged by ``margin`` times its height / width on each side;
+    with ``square`` its shorter side (in pixels) is then grown about its
+    centre to make it square; it is clipped to the image (so a square that
+    overflows the image is no longer square), rounded to whole pixels (at
+    least one) and resized to ``image_size`` x ``image_size`` with bilinear
+    interpolation, no antialiasing. A pure function of tensors: the detector
+    crop path and the exported serving graph call it too.
 
     Args:
         image: [H, W, C] image tensor (any real dtype).
@@ -380,7 +383,8 @@ def make_dataset(shards, schema=None, *, image_size, batch_size, training,
     Returns:
         A ``tf.data.Dataset`` of ``(images, labels)`` or ``(images, labels,
         meta)``: images float32 [B, S, S, 3] in [0, 255], labels a dict
-        attribute -> int32 [B] (-1 = missing).
+        attribute -> int32 [B] (-1 = missing), or [B, N] of 1 / 0 / -1 for
+        a multilabel attribute.
     """
     if isinstance(image_size, bool) or not isinstance(image_size, int) or \
             image_size < 1:
@@ -420,7 +424,8 @@ def make_dataset(shards, schema=None, *, image_size, batch_size, training,
     if training and len(files) > 1:
         ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
     ds = ds.interleave(
-        tf.data.TFRecordDataset, cycle_length=min(len(files), 16),
+        lambda f: tf.data.TFRecordDataset(f, buffer_size=_READ_BUFFER),
+        cycle_length=min(len(files), 16),
         block_length=1, num_parallel_calls=AUTOTUNE,
         deterministic=deterministic,
     )
