@@ -426,8 +426,8 @@ def convert_manifest(manifest_path, out_dir, *, schema=None, num_shards=None,
         manifest_path: the JSONL manifest (docs/DATA_FORMAT.md); image paths
             are relative to its directory.
         out_dir: where the shards, ``schema.json`` and ``summary.json`` go
-            (created if needed). Shards of an earlier conversion there are
-            replaced.
+            (created if needed). The shards and summary of an earlier
+            conversion there are deleted first.
         schema: an ``AttributeSchema``, a built-in schema name or a schema
             JSON path; default ``schema.json`` beside the manifest.
         num_shards: shards per split: an int (exactly that many, some
@@ -437,9 +437,9 @@ def convert_manifest(manifest_path, out_dir, *, schema=None, num_shards=None,
         skip_bad: skip bad lines and images, listing them in the summary,
             instead of raising on the first one.
         allow_outside_root: let image paths leave the manifest's directory.
-        workers: at most this many image-checking processes (default
-            ``os.cpu_count()``); at least 256 images per process, and 1
-            process means in-process.
+        workers: at most this many image-checking processes (default: the
+            usable cores); at least 256 images per process, and 1 process
+            means in-process.
         progress: show a tqdm progress bar.
         seed: seeds the within-split shuffle.
         max_pixels: larger images are refused (decompression bombs).
@@ -465,7 +465,11 @@ def convert_manifest(manifest_path, out_dir, *, schema=None, num_shards=None,
             "resize must be None or a positive int. Received: "
             f"resize={resize!r}"
         )
-    workers = (os.cpu_count() or 1) if workers is None else int(workers)
+    if workers is None:
+        # The cores this process may use (CPU affinity), not the machine's.
+        workers = (len(os.sched_getaffinity(0))
+                   if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    workers = int(workers)
     if workers < 1:
         raise ValueError(f"workers must be >= 1. Received: workers={workers}")
     _num_shards(num_shards, [])  # Validates the argument before any work.
