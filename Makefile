@@ -20,10 +20,50 @@ test: $(STAMP)
 test-large: $(STAMP)
 	$(PY) -m pytest -q -m large
 
+# The whole pipeline on X-Domain-synth, each step a command users run too.
+# Every step skips work already done, so an interrupted demo resumes.
+DET_STEPS ?= 600
 demo: $(STAMP)
-	$(PY) datasets/make_synthetic.py --out $(DEMO)/data --items 400 --seed 0
-	$(PY) datasets/convert_manifest.py --manifest $(DEMO)/data/manifest.jsonl \
-	    --out $(DEMO)/shards
+	@echo "== 1/7 render X-Domain-synth and convert it to TFRecords"
+	test -f $(DEMO)/data/manifest.jsonl || $(PY) datasets/make_synthetic.py \
+	    --out $(DEMO)/data --items 600 --seed 0 --quiet \
+	    --contact_sheet $(DEMO)/contact_sheet.png
+	test -f $(DEMO)/shards/summary.json || $(PY) datasets/convert_manifest.py \
+	    --manifest $(DEMO)/data/manifest.jsonl --out $(DEMO)/shards
+	@echo "== 2/7 train the garment detector (Model Garden Faster R-CNN)"
+	test -f $(DEMO)/det_records/schema.json || \
+	    $(PY) datasets/make_detection_records.py --domain street \
+	    --manifest $(DEMO)/data/manifest.jsonl --out $(DEMO)/det_records
+	test -d $(DEMO)/detector/export || { \
+	    $(PY) -m mtct_tf.detect train --preset small \
+	        --records $(DEMO)/det_records --model_dir $(DEMO)/detector \
+	        --steps $(DET_STEPS) && \
+	    $(PY) -m mtct_tf.detect evaluate --preset small \
+	        --records $(DEMO)/det_records --model_dir $(DEMO)/detector && \
+	    $(PY) -m mtct_tf.detect export --preset small \
+	        --model_dir $(DEMO)/detector; }
+	@echo "== 3/7 crop the street photos with the detector"
+	test -f $(DEMO)/crops/schema.json || $(PY) datasets/crop_with_detector.py \
+	    --detector $(DEMO)/detector/export --source $(DEMO)/shards \
+	    --out $(DEMO)/crops
+	@echo "== 4/7 stage 1 (shop) and stage 2 (street, t-STE) on detector crops"
+	$(PY) -m mtct_tf.train --experiment demo --model_dir $(DEMO)/mtct \
+	    --stage all --override data.shards_dir=$(DEMO)/shards \
+	    --override data.street_shards_dir=$(DEMO)/crops
+	@echo "== 5/7 shop test: the shop stage on its own domain"
+	$(PY) -m mtct_tf.evaluate --model_dir $(DEMO)/mtct --stage shop \
+	    --domain shop
+	@echo "== 6/7 street test: No-Adapt (shop model) vs MTCT (street model)"
+	$(PY) -m mtct_tf.evaluate --model_dir $(DEMO)/mtct --stage shop \
+	    --stage street --domain street
+	@echo "== 7/7 export for TF Serving and Keras, predict a street photo"
+	$(PY) export/export_saved_model.py --model $(DEMO)/mtct \
+	    --export_dir $(DEMO)/serving --keras_out $(DEMO)/mtct.keras \
+	    --with_detector $(DEMO)/detector/export
+	$(PY) -m mtct_tf.predict \
+	    $$(ls $(DEMO)/data/images/street/*.jpg | head -1) \
+	    --model $(DEMO)/serving/mtct --top_k 3 --out $(DEMO)/annotated.png
+	@echo "demo done: see $(DEMO)/ (eval/, annotated.png, serving/)"
 
 clean:
 	rm -rf runs .pytest_cache

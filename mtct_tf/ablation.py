@@ -78,11 +78,13 @@ def _run(experiment, shards, seed, fraction, run_dir, shop_cache, overrides):
     from mtct_tf import evaluation
     from mtct_tf import training
 
-    result_path = os.path.join(run_dir, "eval", "street_test.json")
+    config = _config(experiment, shards, seed, fraction, overrides)
+    stage = training.final_stage(config.method)
+    result_path = os.path.join(run_dir, "eval",
+                               f"{stage}_street_test.json")
     if os.path.exists(result_path):
         with open(result_path) as f:
             return json.load(f)
-    config = _config(experiment, shards, seed, fraction, overrides)
     plan = training.PLANS[config.method]
     os.makedirs(run_dir, exist_ok=True)
     if plan[0] == "shop" and len(plan) > 1:
@@ -97,8 +99,8 @@ def _run(experiment, shards, seed, fraction, run_dir, shop_cache, overrides):
                             ignore=shutil.ignore_patterns("backup", "logs"))
     keras.backend.clear_session()
     training.run(config, run_dir, "all", verbose=0)
-    results = evaluation.evaluate(run_dir, split="test", domain="street",
-                                  config=config)
+    evaluation.evaluate(run_dir, split="test", domain="street",
+                        config=config)
     with open(result_path) as f:
         return json.load(f)
 

@@ -3,9 +3,12 @@
 Prints the paper's table (class-level AP per attribute, mAP_cls, mP_ins,
 mR_ins) and writes JSON, Markdown and a PNG bar chart to <model_dir>/eval/.
 
-Example:
+Examples:
     python -m mtct_tf.evaluate --model_dir runs/demo/mtct --split test \
         --domain street
+    # The shop stage's model (No-Adapt) next to the street stage's (MTCT):
+    python -m mtct_tf.evaluate --model_dir runs/demo/mtct --stage shop \
+        --stage street
 """
 
 import argparse
@@ -19,20 +22,30 @@ def main(argv=None):
     p.add_argument("--model_dir", required=True)
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
     p.add_argument("--domain", default="street", choices=("street", "shop"))
-    p.add_argument("--stage", help="which stage's model (default: the last)")
+    p.add_argument("--stage", action="append",
+                   help="which stage's model (default: the last); repeat to "
+                        "compare stages in one table")
     p.add_argument("--shards_dir", help="default: the run config's shards")
     p.add_argument("--batch_size", type=int, default=64)
     args = p.parse_args(argv)
     from mtct_tf import evaluation
 
+    rows = {}
     try:
-        evaluation.evaluate(args.model_dir, split=args.split,
-                            domain=args.domain, stage=args.stage,
-                            shards_dir=args.shards_dir,
-                            batch_size=args.batch_size)
+        for stage in args.stage or [None]:
+            rows[f"{stage or 'final'} model"] = evaluation.evaluate(
+                args.model_dir, split=args.split, domain=args.domain,
+                stage=stage, shards_dir=args.shards_dir,
+                batch_size=args.batch_size)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if len(rows) > 1:
+        from mtct_tf import metrics
+
+        print(metrics.format_table(
+            rows, title=f"{args.domain} {args.split}: "
+                        + " vs ".join(rows)))
     return 0
 
 
