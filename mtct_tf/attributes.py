@@ -4,6 +4,13 @@ A schema fixes the integer coding of every label in the project: value ``k``
 of attribute ``a`` is ``schema[a].values[k]`` and a missing label is
 ``MISSING`` (-1). The same attribute names key the model's output dict, the
 label dict in tf.data, the losses, the metrics and the serving outputs.
+
+A ``multilabel`` attribute (a group of binary attributes, e.g. one of
+DeepFashion's five attribute types) is coded as a tuple with one entry per
+value: ``1`` positive, ``0`` negative, ``MISSING`` (-1) unknown. In a
+manifest it is written as the list of its positive value names (every other
+value negative), as ``{"positive": [...], "unknown": [...]}`` (the unknown
+values -1, every other value negative), or ``null`` (all unknown).
 """
 
 import dataclasses
@@ -52,6 +59,70 @@ class Attribute:
     @property
     def num_values(self):
         return len(self.values)
+
+    @property
+    def missing_code(self):
+        """The code of an absent label: -1, or all -1 for multilabel."""
+        if self.kind == MULTILABEL:
+            return (MISSING,) * len(self.values)
+        return MISSING
+
+    def encode(self, value):
+        """Codes one manifest value (see the module docstring).
+
+        Raises:
+            KeyError: an unknown value name (the message lists the expected
+                ones).
+            ValueError: a multilabel value of the wrong form.
+        """
+        if value is None:
+            return self.missing_code
+        if self.kind == SOFTMAX:
+            return self.index(value)
+        if isinstance(value, (list, tuple)):
+            positive, unknown = value, ()
+        elif isinstance(value, dict) and set(value) <= {"positive",
+                                                        "unknown"}:
+            positive = value.get("positive", ())
+            unknown = value.get("unknown", ())
+        else:
+            raise ValueError(
+                f"multilabel attribute {self.name!r} takes a list of positive "
+                "value names, {\"positive\": [...], \"unknown\": [...]} or "
+                f"null; got {value!r}"
+            )
+        for part in (positive, unknown):
+            if not isinstance(part, (list, tuple)) or not all(
+                    isinstance(v, str) for v in part):
+                raise ValueError(
+                    f"multilabel attribute {self.name!r}: positive / unknown "
+                    f"must be lists of value names; got {value!r}"
+                )
+        codes = [0] * len(self.values)
+        for v in unknown:
+            codes[self.index(v)] = MISSING
+        for v in positive:
+            k = self.index(v)
+            if codes[k] == MISSING:
+                raise ValueError(
+                    f"multilabel attribute {self.name!r}: value {v!r} is "
+                    "listed as both positive and unknown"
+                )
+            codes[k] = 1
+        return tuple(codes)
+
+    def decode(self, code):
+        """The manifest value of a code (``None`` = missing)."""
+        if self.kind == SOFTMAX:
+            return None if code == MISSING else self.values[code]
+        code = [int(c) for c in code]
+        if all(c == MISSING for c in code):
+            return None
+        positive = [v for v, c in zip(self.values, code) if c == 1]
+        unknown = [v for v, c in zip(self.values, code) if c == MISSING]
+        if not unknown:
+            return positive
+        return {"positive": positive, "unknown": unknown}
 
     def index(self, value_name):
         """Returns the integer code of ``value_name``.
@@ -105,6 +176,11 @@ class AttributeSchema:
         """Dict attribute name -> number of values."""
         return {a.name: a.num_values for a in self.attributes}
 
+    @property
+    def kinds(self):
+        """Dict attribute name -> ``"softmax"`` or ``"multilabel"``."""
+        return {a.name: a.kind for a in self.attributes}
+
     def __getitem__(self, name):
         try:
             return self._by_name[name]
@@ -139,23 +215,19 @@ class AttributeSchema:
 
         Attributes absent from ``labels`` or given as ``None`` are
         ``MISSING``. Unknown attribute or value names raise ``KeyError``.
+        Multilabel attributes map to a tuple of 1 / 0 / -1 (see the module
+        docstring); a malformed multilabel value raises ``ValueError``.
         """
         for key in labels:
             self[key]  # Raises a KeyError naming the unknown attribute.
         out = {}
         for attribute in self.attributes:
-            value = labels.get(attribute.name)
-            out[attribute.name] = (
-                MISSING if value is None else attribute.index(value)
-            )
+            out[attribute.name] = attribute.encode(labels.get(attribute.name))
         return out
 
     def decode(self, codes):
         """Maps ``{attribute: int}`` back to value names (``None`` = missing)."""
-        return {
-            name: (None if code == MISSING else self[name].values[code])
-            for name, code in codes.items()
-        }
+        return {name: self[name].decode(code) for name, code in codes.items()}
 
     def to_dict(self):
         return {
@@ -179,7 +251,8 @@ class AttributeSchema:
         except (KeyError, TypeError) as e:
             raise ValueError(
                 "A schema is {'name': str, 'attributes': [{'name': str, "
-                f"'values': [str, ...], 'kind': 'softmax'}}, ...]}}; missing {e}"
+                "'values': [str, ...], 'kind': 'softmax' | 'multilabel'}, "
+                f"...]}}; missing {e}"
             ) from None
 
     def save(self, path):

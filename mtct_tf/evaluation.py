@@ -3,6 +3,12 @@
 ``evaluate(model_dir, split, domain)`` loads the final model of a training
 run, scores every labelled image of the split and domain, and writes
 ``<model_dir>/eval/<domain>_<split>.{json,md,png}``.
+
+Softmax attributes get the paper's metrics (``metrics.evaluate_predictions``).
+Multilabel attributes (groups of binary attributes, e.g. DeepFashion's five
+attribute types) get DeepFashion's: top-k recall over *all* multilabel
+attributes ranked together, then per group the mean recall of its
+attributes (``evaluate_multilabel``), under ``results["multilabel"]``.
 """
 
 import json
@@ -11,7 +17,12 @@ import os
 
 import numpy as np
 
+from mtct_tf import attributes as attributes_lib
 from mtct_tf import metrics as metrics_lib
+
+# DeepFashion reports top-3 and top-5 recall (attributes) and accuracy
+# (category).
+TOP_K = (3, 5)
 
 
 def predict(net, dataset):
@@ -54,6 +65,138 @@ def chance_map(labels):
         if len(present):
             per.append(1.0 / len(present))
     return float(np.mean(per)) if per else math.nan
+
+
+def topk_accuracy(probs, labels, k):
+    """Fraction of labelled images whose label is among the top-k scores."""
+    probs, labels = np.asarray(probs), np.asarray(labels).reshape(-1)
+    known = labels != attributes_lib.MISSING
+    if not known.any():
+        return math.nan
+    k = min(k, probs.shape[1])
+    top = np.argsort(-probs[known], axis=1, kind="stable")[:, :k]
+    return float(np.mean(np.any(top == labels[known, None], axis=1)))
+
+
+def evaluate_multilabel(probs, labels, names, softmax_names=(), ks=TOP_K):
+    """DeepFashion's metrics for multilabel attribute groups.
+
+    The scores of every group in ``names`` are concatenated to ``[N, A]``
+    and ranked together per image, as DeepFashion ranks its 1,000
+    attributes (``metrics.topk_recall``); a group's top-k recall is the mean
+    recall of its attributes in that joint ranking. ``k`` larger than ``A``
+    is clipped to ``A``.
+
+    Args:
+        probs: dict attribute -> ``[N, A_g]`` sigmoid scores (and ``[N, K]``
+            for the ``softmax_names``).
+        labels: dict attribute -> ``[N, A_g]`` of 1 / 0 / -1 (``[N]`` codes
+            for softmax attributes).
+        names: the multilabel attributes, in schema order.
+        softmax_names: softmax attributes whose top-k accuracy is reported
+            too (DeepFashion's category top-3 / top-5).
+        ks: the k values.
+
+    Returns:
+        Dict with ``"topk_recall"`` (str(k) -> mean recall over all
+        attributes with a positive), ``"mAP"`` (mean AP over the same
+        attributes), ``"groups"`` (group -> ``top<k>_recall``, ``ap``,
+        ``num_positive``, ``num_known``), ``"softmax_topk_accuracy"``
+        (attribute -> str(k) -> accuracy), ``"num_attributes"`` and
+        ``"num_images"``.
+    """
+    scores = np.concatenate([np.asarray(probs[a]) for a in names], axis=1)
+    targets = np.concatenate([np.asarray(labels[a]) for a in names], axis=1)
+    spans, start = {}, 0
+    for a in names:
+        width = np.asarray(probs[a]).shape[1]
+        spans[a] = slice(start, start + width)
+        start += width
+    out = {"num_images": int(scores.shape[0]),
+           "num_attributes": int(scores.shape[1]), "topk_recall": {},
+           "groups": {a: {} for a in names}}
+    for k in ks:
+        mean, per = metrics_lib.topk_recall(scores, targets,
+                                            min(k, scores.shape[1]))
+        out["topk_recall"][str(k)] = mean
+        for a in names:
+            part = per[spans[a]]
+            out["groups"][a][f"top{k}_recall"] = (
+                math.nan if np.all(np.isnan(part))
+                else float(np.nanmean(part)))
+    out["mAP"], _ = metrics_lib.multilabel_ap(scores, targets)
+    for a in names:
+        t = targets[:, spans[a]]
+        g = out["groups"][a]
+        g["ap"], _ = metrics_lib.multilabel_ap(scores[:, spans[a]], t)
+        g["num_positive"] = int(np.sum(t == 1))
+        g["num_known"] = int(np.sum(t != attributes_lib.MISSING))
+    out["softmax_topk_accuracy"] = {
+        a: {str(k): topk_accuracy(probs[a], labels[a], k) for k in ks}
+        for a in softmax_names}
+    return out
+
+
+def _pct(value):
+    return "n/a" if value is None or math.isnan(value) else \
+        f"{100 * value:.2f}"
+
+
+def multilabel_table(ml):
+    """``evaluate_multilabel``'s result as a Markdown table (percentages)."""
+    ks = list(ml["topk_recall"])
+    lines = ["| Group | " + " | ".join(f"top-{k} recall" for k in ks)
+             + " | mAP | positives |", "|---" * (len(ks) + 3) + "|"]
+    for name, g in ml["groups"].items():
+        cells = [_pct(g[f"top{k}_recall"]) for k in ks]
+        lines.append(f"| {name} | " + " | ".join(cells)
+                     + f" | {_pct(g['ap'])} | {g['num_positive']} |")
+    cells = [_pct(ml["topk_recall"][k]) for k in ks]
+    lines.append("| **all** | " + " | ".join(cells)
+                 + f" | {_pct(ml['mAP'])} | |")
+    for name, accs in ml["softmax_topk_accuracy"].items():
+        lines.append("")
+        lines.append(f"{name}: " + ", ".join(
+            f"top-{k} accuracy {_pct(v)}" for k, v in accs.items()))
+    return "\n".join(lines) + "\n"
+
+
+def _empty_softmax_results(n):
+    """The softmax part of the results when a schema has no softmax head."""
+    nan = math.nan
+    return {"ap": {}, "ap_per_value": {}, "top1": {}, "num_labelled": {},
+            "mAP_cls": nan, "mean_top1": nan, "mP_ins": nan, "mR_ins": nan,
+            "num_images": int(n), "num_images_labelled": 0,
+            "num_attributes": 0, "chance_mAP_cls": nan}
+
+
+def multilabel_bar_chart(ml, path, title):
+    """Per-group top-k recall as a grouped bar chart (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    names = list(ml["groups"])
+    ks = list(ml["topk_recall"])
+    x = np.arange(len(names))
+    width = 0.8 / len(ks)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.9 * len(names), 3.6))
+    for i, k in enumerate(ks):
+        values = [100 * np.nan_to_num(ml["groups"][a][f"top{k}_recall"])
+                  for a in names]
+        ax.bar(x - 0.4 + width * (i + 0.5), values, width,
+               label=f"top-{k} recall")
+    ax.set_xticks(x, [a.replace("_", "\n") for a in names], fontsize=8)
+    ax.set_ylim(0, 100)
+    ax.set_ylabel("%")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    tmp = f"{path}.tmp.png"
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
 
 
 def _jsonable(results):
@@ -101,17 +244,28 @@ def bar_chart(results, path, title):
 def write_report(results, out_prefix, title):
     """Writes ``<prefix>.json``, ``.md`` and ``.png``; returns the table."""
     os.makedirs(os.path.dirname(os.path.abspath(out_prefix)), exist_ok=True)
-    table = metrics_lib.format_table(results, title=title)
-    extra = (f"\nchance mAP_cls: {100 * results['chance_mAP_cls']:.2f}; "
-             f"mean top-1: {100 * results['mean_top1']:.2f}; "
-             f"images: {results['num_images']}\n")
+    if results["ap"]:
+        table = metrics_lib.format_table(results, title=title)
+        extra = (f"\nchance mAP_cls: {100 * results['chance_mAP_cls']:.2f}; "
+                 f"mean top-1: {100 * results['mean_top1']:.2f}; "
+                 f"images: {results['num_images']}\n")
+    else:  # Multilabel heads only.
+        table = f"**{title}**\n"
+        extra = f"\nimages: {results['num_images']}\n"
+    if "multilabel" in results:
+        extra += ("\nMultilabel attributes (DeepFashion top-k recall):\n\n"
+                  + multilabel_table(results["multilabel"]))
     for suffix, text in ((".json", json.dumps(_jsonable(results), indent=1)),
                          (".md", table + extra)):
         tmp = f"{out_prefix}{suffix}.tmp"
         with open(tmp, "w") as f:
             f.write(text)
         os.replace(tmp, out_prefix + suffix)
-    bar_chart(results, out_prefix + ".png", title)
+    if results["ap"]:
+        bar_chart(results, out_prefix + ".png", title)
+    else:
+        multilabel_bar_chart(results["multilabel"], out_prefix + ".png",
+                             title)
     return table + extra
 
 
@@ -130,8 +284,10 @@ def evaluate(model_dir, *, split="test", domain="street", stage=None,
         config: an ``ExperimentConfig``; default: ``<model_dir>/config.yaml``.
 
     Returns:
-        The metrics dict (see ``metrics.evaluate_predictions``) plus
-        ``chance_mAP_cls``; reports are written under ``<model_dir>/eval``.
+        The metrics dict of the softmax attributes (see
+        ``metrics.evaluate_predictions``) plus ``chance_mAP_cls``, and with
+        multilabel attributes ``"multilabel"`` (see ``evaluate_multilabel``);
+        reports are written under ``<model_dir>/eval``.
     """
     from mtct_tf import configs as configs_lib
     from mtct_tf import training
@@ -156,8 +312,18 @@ def evaluate(model_dir, *, split="test", domain="street", stage=None,
         image_size=net.image_size, batch_size=batch_size, training=False,
         domain=domain, margin=config.data.margin, repeat=False)
     probs, labels, _ = predict(net, ds)
-    results = metrics_lib.evaluate_predictions(probs, labels, schema.names)
-    results["chance_mAP_cls"] = chance_map(labels)
+    softmax = [a.name for a in schema if a.kind == attributes_lib.SOFTMAX]
+    multilabel = [a.name for a in schema
+                  if a.kind == attributes_lib.MULTILABEL]
+    if softmax:
+        results = metrics_lib.evaluate_predictions(probs, labels, softmax)
+        results["chance_mAP_cls"] = chance_map(
+            {a: labels[a] for a in softmax})
+    else:
+        results = _empty_softmax_results(len(labels[multilabel[0]]))
+    if multilabel:
+        results["multilabel"] = evaluate_multilabel(
+            probs, labels, multilabel, softmax_names=softmax)
     results["model"] = os.path.join(model_dir, stage)
     title = (f"{config.method} ({stage} model) on {domain} {split} "
              f"[{os.path.basename(os.path.normpath(model_dir))}]")

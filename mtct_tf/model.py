@@ -3,7 +3,10 @@
 ``MTN`` is a Keras 3 functional model. It takes float32 images in [0, 255]
 (normalisation happens inside the model, so an exported graph needs only
 decode + crop + resize) and returns a dict: one softmax output per attribute,
-keyed by the attribute's name, plus ``"embedding"``.
+keyed by the attribute's name, plus ``"embedding"``. A ``multilabel``
+attribute (a group of binary attributes, ``kinds``) gets ``N`` independent
+sigmoid outputs instead: the same branch, ``Dense(N)`` then a float32
+sigmoid.
 
 Trunks:
     ``nin``: the poster's NIN trunk (SPEC §3). Choices the poster leaves open,
@@ -142,14 +145,32 @@ class MTN(keras.Model):
         backbone: ``"nin"`` or one of ``APPLICATIONS``.
         weights: for ``keras.applications`` backbones: ``None``,
             ``"imagenet"`` or the path of a weights file.
+        kinds: dict attribute name -> ``"softmax"`` (default for absent
+            names) or ``"multilabel"`` (sigmoid head); taken from the schema
+            when ``num_values`` is an ``AttributeSchema``.
     """
 
     def __init__(self, num_values, preset="small", image_size=None,
                  width=None, fc_units=None, dropout=None, backbone="nin",
-                 weights=None, **kwargs):
+                 weights=None, kinds=None, **kwargs):
         if isinstance(num_values, attributes_lib.AttributeSchema):
+            if kinds is None:
+                kinds = num_values.kinds
             num_values = num_values.num_values
         num_values = dict(num_values)
+        kinds = dict(kinds or {})
+        unknown = sorted(set(kinds) - set(num_values))
+        bad = sorted(k for k in set(kinds.values())
+                     if k not in (attributes_lib.SOFTMAX,
+                                  attributes_lib.MULTILABEL))
+        if unknown or bad:
+            raise ValueError(
+                "`kinds` must map attributes of `num_values` to "
+                f"{attributes_lib.SOFTMAX!r} or {attributes_lib.MULTILABEL!r}."
+                f" Received: kinds={kinds}"
+            )
+        kinds = {name: kinds.get(name, attributes_lib.SOFTMAX)
+                 for name in num_values}
         if not num_values or any(
             not isinstance(n, int) or n < 2 for n in num_values.values()
         ):
@@ -207,8 +228,10 @@ class MTN(keras.Model):
             penultimate.append(h)
             logits = keras.layers.Dense(n, name=f"{name}_logits")(h)
             # float32 softmax keeps probabilities exact under mixed precision.
+            activation = ("sigmoid" if kinds[name] == attributes_lib.MULTILABEL
+                          else "softmax")
             outputs[name] = keras.layers.Activation(
-                "softmax", dtype="float32", name=name
+                activation, dtype="float32", name=name
             )(logits)
         if len(penultimate) > 1:
             embedding = keras.layers.Concatenate(name="embedding_concat")(
@@ -223,6 +246,7 @@ class MTN(keras.Model):
 
         # === Config ===
         self.num_values = num_values
+        self.kinds = kinds
         self.preset = preset
         self.image_size = image_size
         self.width = width
@@ -252,6 +276,10 @@ class MTN(keras.Model):
         ]
 
     def get_config(self):
+        # Only multilabel heads are listed, so that the config (and saved
+        # file) of an all-softmax model is what it was before kinds existed.
+        multilabel = {name: kind for name, kind in self.kinds.items()
+                      if kind != attributes_lib.SOFTMAX}
         return {
             "name": self.name,
             "trainable": self.trainable,
@@ -264,6 +292,7 @@ class MTN(keras.Model):
             "backbone": self.backbone,
             # Weights travel with the saved model, not by name or path.
             "weights": None,
+            **({"kinds": multilabel} if multilabel else {}),
         }
 
     @classmethod

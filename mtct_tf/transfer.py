@@ -21,7 +21,12 @@ The loss is the masked multi-task cross-entropy on the anchors' labels plus
     neg_shop = f_s(I_n)["embedding"], neg_street = f_t(I_n)["embedding"].
 
 Every component and the total are tracked by our own metrics (Keras 3's
-``compute_loss`` would not update its ``loss`` tracker from a custom step).
+``compute_loss`` would not update its ``loss`` tracker from a custom step):
+``<attribute>_loss`` and, for a softmax head, ``<attribute>_acc`` (top-1
+accuracy over labelled images) or, for a multilabel head,
+``<attribute>_top3_recall`` (the fraction of positive labels ranked among the
+head's 3 highest scores of their image; binary accuracy would be swamped by
+the negatives).
 Under a ``tf.distribute`` strategy each replica's loss is divided by the
 number of replicas before the gradient, so that the summed (all-reduced)
 gradients are those of the global-batch mean.
@@ -30,7 +35,11 @@ gradients are those of the global-batch mean.
 import keras
 import tensorflow as tf
 
+from mtct_tf import attributes as attributes_lib
 from mtct_tf import losses as losses_lib
+
+# Training-time recall of multilabel heads counts the k best of each image.
+TRACKED_TOP_K = 3
 
 
 def _mean_loss(value):
@@ -77,6 +86,9 @@ class CrossDomainModel(keras.Model):
         self.margin = float(margin)
         self.normalize = bool(normalize)
         self.attribute_names = tuple(street.num_values)
+        kinds = getattr(street, "kinds", None) or {}
+        self.kinds = {a: kinds.get(a, attributes_lib.SOFTMAX)
+                      for a in self.attribute_names}
         self.attribute_weights = dict(attribute_weights or {})
         unknown = set(self.attribute_weights) - set(self.attribute_names)
         if unknown:
@@ -91,8 +103,13 @@ class CrossDomainModel(keras.Model):
         self.cross_tracker = _mean_loss("cross_domain")
         self.attr_loss = {a: _mean_loss(f"{a}_loss")
                           for a in self.attribute_names}
-        self.attr_acc = {a: _mean_loss(f"{a}_acc")
-                         for a in self.attribute_names}
+        self.attr_acc = {
+            a: _mean_loss(f"{a}_acc") for a in self.attribute_names
+            if self.kinds[a] == attributes_lib.SOFTMAX}
+        self.attr_recall = {
+            a: _mean_loss(f"{a}_top{TRACKED_TOP_K}_recall")
+            for a in self.attribute_names
+            if self.kinds[a] == attributes_lib.MULTILABEL}
 
     @property
     def metrics(self):
@@ -100,7 +117,9 @@ class CrossDomainModel(keras.Model):
         if self.kind != "none":
             out.append(self.cross_tracker)
         for a in self.attribute_names:
-            out += [self.attr_loss[a], self.attr_acc[a]]
+            out += [self.attr_loss[a],
+                    self.attr_acc[a] if a in self.attr_acc
+                    else self.attr_recall[a]]
         return out
 
     def call(self, inputs, training=False):
@@ -120,7 +139,7 @@ class CrossDomainModel(keras.Model):
         outputs = self.street(x["image"], training=training)
         preds = {a: outputs[a] for a in self.attribute_names}
         ce, per_attr = losses_lib.multitask_loss(
-            street_labels, preds, self.attribute_weights
+            street_labels, preds, self.attribute_weights, kinds=self.kinds
         )
         total = ce
         cross = tf.constant(0.0)
@@ -143,7 +162,7 @@ class CrossDomainModel(keras.Model):
         if self.shop_loss_weight and shop_labels is not None:
             shop_ce, _ = losses_lib.multitask_loss(
                 shop_labels, {a: pos_out[a] for a in self.attribute_names},
-                self.attribute_weights,
+                self.attribute_weights, kinds=self.kinds,
             )
             total = total + self.shop_loss_weight * shop_ce
         return total, ce, cross, per_attr, preds
@@ -154,6 +173,9 @@ class CrossDomainModel(keras.Model):
         if self.kind != "none":
             self.cross_tracker.update_state(cross)
         for a in self.attribute_names:
+            if a in self.attr_recall:
+                self._track_multilabel(a, per_attr[a], preds[a], labels[a])
+                continue
             y = tf.cast(tf.reshape(labels[a], [-1]), tf.int32)
             mask = tf.cast(y >= 0, tf.float32)
             hit = tf.cast(
@@ -166,6 +188,17 @@ class CrossDomainModel(keras.Model):
             )
             self.attr_acc[a].update_state(hit, sample_weight=mask)
         return {m.name: m.result() for m in self.metrics}
+
+    def _track_multilabel(self, a, loss, pred, labels):
+        y = tf.cast(labels, tf.int32)
+        known = tf.reduce_sum(tf.cast(y >= 0, tf.float32))
+        self.attr_loss[a].update_state(
+            loss, sample_weight=tf.minimum(known, 1.0))
+        k = min(TRACKED_TOP_K, pred.shape[-1])
+        top = tf.math.top_k(pred, k=k).indices
+        in_top = tf.reduce_max(tf.one_hot(top, pred.shape[-1]), axis=-2)
+        positive = tf.cast(tf.equal(y, 1), tf.float32)
+        self.attr_recall[a].update_state(in_top, sample_weight=positive)
 
     def train_step(self, data):
         x, street_labels, shop_labels = self._unpack(data)

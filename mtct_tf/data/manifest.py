@@ -30,7 +30,7 @@ class Entry:
         item_id: the garment this image shows.
         split: ``"train"``, ``"val"`` or ``"test"``.
         labels: attribute name -> integer code (``MISSING`` = -1), in schema
-            order.
+            order; a tuple of 1 / 0 / -1 for a multilabel attribute.
         bbox: ``(xmin, ymin, xmax, ymax)`` in pixels, or ``None``.
         width, height: image size from the manifest, or ``None``.
         line: 1-based line number in the manifest.
@@ -100,7 +100,7 @@ def parse_line(text, schema, *, root, manifest_path="<manifest>", line=0,
         fail("field 'attributes' must be an object of attribute -> value name")
     try:
         labels = schema.encode(obj["attributes"])
-    except KeyError as e:
+    except (KeyError, ValueError) as e:  # ValueError: a bad multilabel value.
         fail(e.args[0])
 
     rel = obj["path"]
