@@ -327,7 +327,7 @@ def evaluate(model_dir, *, split="test", domain="street", stage=None,
     results["model"] = os.path.join(model_dir, stage)
     title = (f"{config.method} ({stage} model) on {domain} {split} "
              f"[{os.path.basename(os.path.normpath(model_dir))}]")
-    prefix = os.path.join(model_dir, "eval", f"{domain}_{split}")
+    prefix = os.path.join(model_dir, "eval", f"{stage}_{domain}_{split}")
     print(write_report(results, prefix, title))
     print(f"wrote {prefix}.json, .md and .png")
     return results
