@@ -328,3 +328,26 @@ def run(seeds=3, workdir="runs/benchmark", out_dir="docs", items=DATA_ITEMS,
     path = write_report(summary, info, out_dir)
     print(f"wrote {path} ({info['minutes']:.1f} min)")
     return summary
+
+
+def add_arguments(parser):
+    """The ``python -m mtct_tf.benchmark ablation`` command line."""
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--workdir", default="runs/benchmark",
+                        help="data and runs (finished runs are reused)")
+    parser.add_argument("--out", default="docs",
+                        help="where RESULTS.md, results/ and images/ go")
+    parser.add_argument("--items", type=int, default=DATA_ITEMS)
+    parser.add_argument("--override", action="append", default=[],
+                        metavar="KEY=VALUE",
+                        help="applied to every method alike")
+
+    def func(args):
+        command = "python -m mtct_tf.benchmark ablation " + " ".join(
+            f"--seeds {args.seeds}".split()
+            + [f"--override {o}" for o in args.override])
+        run(seeds=args.seeds, workdir=args.workdir, out_dir=args.out,
+            items=args.items, overrides=args.override, command=command)
+        return 0
+
+    parser.set_defaults(func=func)
