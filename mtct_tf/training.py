@@ -5,7 +5,8 @@ for. Each stage writes to ``<model_dir>/<stage>/``:
 
     model.keras        the MTN with the best validation weights (final)
     best.weights.h5    best-on-validation weights, updated during training
-    backup/            Keras BackupAndRestore state (resume after a kill)
+    backup/            resume state after a kill (``Backup``), removed
+                       once done.json is written
     logs/              TensorBoard
     history.csv        per-epoch metrics
     done.json          written last: the stage finished (a rerun skips it)
@@ -19,6 +20,7 @@ spend S1 + S2 in their single stage, so every method gets the same budget.
 import json
 import math
 import os
+import shutil
 import time
 import warnings
 
@@ -113,6 +115,52 @@ def load_mtn(path):
             f"{path} does not exist: train the stage that writes it first"
         )
     return keras.saving.load_model(path, safe_mode=True, compile=False)
+
+
+class Backup(keras.callbacks.BackupAndRestore):
+    """``BackupAndRestore`` whose backup survives a kill at any instant.
+
+    Keras writes ``latest.weights.h5`` in place; on small models that write
+    takes a good part of every step, so a kill often lands in it and leaves
+    a truncated file that the rerun cannot open: the stage could then never
+    resume. Here the weights, then the metadata, are written under
+    temporary names and renamed, so the backup is always a complete earlier
+    state (the metadata never claims more progress than the weights hold).
+    With a step frequency the backup is also written at every epoch end, so
+    a kill between epochs does not repeat the finished epoch. It is kept
+    when ``fit`` ends and removed by ``train_stage`` once ``done.json`` is
+    written: a kill in between resumes with nothing left to train instead
+    of training the stage again from its start.
+    """
+
+    def __init__(self, backup_dir, save_freq="epoch"):
+        super().__init__(backup_dir, save_freq=save_freq,
+                         delete_checkpoint=False)
+
+    def on_train_begin(self, logs=None):
+        try:
+            super().on_train_begin(logs)
+        except (OSError, ValueError, KeyError) as e:
+            raise ValueError(
+                f"cannot resume from the backup in {self.backup_dir} "
+                f"({type(e).__name__}: {e}); it was written for another "
+                "model configuration or damaged. Delete that directory to "
+                "train this stage again from its start."
+            ) from None
+
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch, logs)
+        if self.save_freq != "epoch":
+            self._save_model()
+
+    def _save_model(self):
+        os.makedirs(self.backup_dir, exist_ok=True)
+        tmp = os.path.join(self.backup_dir, "latest.tmp.weights.h5")
+        self.model.save_weights(tmp, overwrite=True)
+        os.replace(tmp, self._weights_path)
+        write_json(self._training_metadata_path,
+                   {"epoch": self._current_epoch,
+                    "batch": self._last_batch_seen})
 
 
 class BestWeights(keras.callbacks.Callback):
@@ -254,6 +302,9 @@ def train_stage(config, model_dir, stage, *, verbose="auto"):
     """
     out = stage_dir(model_dir, stage)
     os.makedirs(out, exist_ok=True)
+    if os.path.exists(os.path.join(out, "done.json")):
+        # Training a finished stage again starts it from its start.
+        shutil.rmtree(os.path.join(out, "backup"), ignore_errors=True)
     schema = load_schema(config)
     strategy = distribute.get_strategy(config.runtime.strategy)
     distribute.set_precision(config.runtime.mixed_precision)
@@ -294,15 +345,18 @@ def train_stage(config, model_dir, stage, *, verbose="auto"):
 
     best_path = os.path.join(out, "best.weights.h5")
     backup = config.runtime.backup_every_steps or "epoch"
+    best = BestWeights(net, best_path)
+    # The backup goes last: at an epoch end the best weights and the
+    # history row are written before the backup says the epoch is done,
+    # so a kill in between repeats the epoch rather than losing them.
     callbacks = [
         CompactProgbar(),
-        keras.callbacks.BackupAndRestore(os.path.join(out, "backup"),
-                                         save_freq=backup),
-        BestWeights(net, best_path),
+        best,
         keras.callbacks.CSVLogger(os.path.join(out, "history.csv"),
                                   append=True),
         keras.callbacks.TensorBoard(os.path.join(out, "logs"),
                                     update_freq="epoch"),
+        Backup(os.path.join(out, "backup"), save_freq=backup),
     ]
     start = time.time()
     trainer.fit(
@@ -320,9 +374,11 @@ def train_stage(config, model_dir, stage, *, verbose="auto"):
     info = {"stage": stage, "method": config.method, "epochs": epochs,
             "steps_per_epoch": spe, "steps": spe * epochs,
             "seconds": round(time.time() - start, 1),
-            "best_val_ce": callbacks[2].best}
+            "best_val_ce": best.best}
     if distribute.is_chief():
         write_json(os.path.join(out, "done.json"), info)
+        # Only now: until done.json exists, a rerun resumes from it.
+        shutil.rmtree(os.path.join(out, "backup"), ignore_errors=True)
     return info
 
 
