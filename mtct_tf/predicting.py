@@ -11,6 +11,7 @@ import dataclasses
 import io
 import math
 import os
+import re
 
 import numpy as np
 import tensorflow as tf
@@ -89,7 +90,13 @@ class Predictor:
         try:
             out = self.raw([encoded])
         except tf.errors.InvalidArgumentError as e:
-            reason = (e.message or str(e)).strip().splitlines()[0]
+            text = e.message or str(e)
+            refused = re.search(r"image refused: [^\]\n]*", text)
+            if refused:  # pipeline.decode_image's decompression-bomb check.
+                raise ValueError(f"{name}: {refused.group(0)}") from None
+            # The first line, without TensorFlow's "{{function_node ...}}".
+            reason = re.sub(r"\{\{[^}]*\}\}\s*", "",
+                            text.strip().splitlines()[0])
             raise ValueError(
                 f"{name}: cannot decode it as a JPEG or PNG image "
                 f"({reason})") from None

@@ -181,10 +181,73 @@ def parse_example(serialized, schema):
     }
 
 
-def decode_image(encoded):
-    """Decodes JPEG / PNG (colour or greyscale) bytes to uint8 [H, W, 3]."""
-    image = tf.io.decode_image(encoded, channels=3, dtype=tf.uint8,
-                               expand_animations=False)
+def _be(data, pos, n):
+    """Unsigned big-endian integer of bytes [pos, pos + n) (int64)."""
+    b = tf.cast(tf.io.decode_raw(tf.strings.substr(data, pos, n), tf.uint8),
+                tf.int64)
+    return tf.reduce_sum(b * (256 ** tf.range(n - 1, -1, -1, tf.int64)))
+
+
+def _le(data, pos, n):
+    """Unsigned little-endian integer of bytes [pos, pos + n) (int64)."""
+    b = tf.cast(tf.io.decode_raw(tf.strings.substr(data, pos, n), tf.uint8),
+                tf.int64)
+    return tf.reduce_sum(b * (256 ** tf.range(n, dtype=tf.int64)))
+
+
+def declared_pixels(encoded):
+    """Width x height that an image's header declares, without decoding.
+
+    Reads the header of JPEG (``extract_jpeg_shape``), PNG (IHDR), GIF
+    (logical screen) and BMP (info header) bytes: the formats that
+    ``tf.io.decode_image`` decodes. Other or too short bytes give 0 (the
+    decoder then rejects them).
+
+    Returns:
+        An int64 scalar tensor.
+    """
+    encoded = tf.convert_to_tensor(encoded, tf.string)
+    size = tf.strings.length(encoded)
+    head = tf.strings.substr(encoded, 0, 8)
+
+    def jpeg():
+        shape = tf.image.extract_jpeg_shape(encoded, output_type=tf.int64)
+        return shape[0] * shape[1]
+
+    def bmp():
+        # A negative height means rows stored top-down.
+        height = _le(encoded, 22, 4)
+        height = tf.where(height >= 2**31, 2**32 - height, height)
+        return _le(encoded, 18, 4) * height
+
+    zero = lambda: tf.constant(0, tf.int64)  # noqa: E731
+    return tf.case([
+        (tf.strings.substr(head, 0, 3) == b"\xff\xd8\xff", jpeg),
+        (tf.logical_and(head == b"\x89PNG\r\n\x1a\n", size >= 24),
+         lambda: _be(encoded, 16, 4) * _be(encoded, 20, 4)),
+        (tf.logical_and(tf.strings.substr(head, 0, 3) == b"GIF", size >= 10),
+         lambda: _le(encoded, 6, 2) * _le(encoded, 8, 2)),
+        (tf.logical_and(tf.strings.substr(head, 0, 2) == b"BM", size >= 26),
+         bmp),
+    ], default=zero, exclusive=False)
+
+
+def decode_image(encoded, max_pixels=convert.MAX_PIXELS):
+    """Decodes JPEG / PNG (colour or greyscale) bytes to uint8 [H, W, 3].
+
+    Raises ``InvalidArgumentError`` (when run) for bytes that are not an
+    image, and, before decoding, for an image whose header declares more
+    than ``max_pixels`` pixels: a small file can declare a canvas that
+    would take gigabytes to decode (a decompression bomb), and the
+    exported serving graph decodes what clients send.
+    """
+    check = tf.debugging.assert_less_equal(
+        declared_pixels(encoded), tf.constant(max_pixels, tf.int64),
+        message=f"image refused: its header declares more than {max_pixels} "
+                "pixels (a decompression bomb?)")
+    with tf.control_dependencies([check]):
+        image = tf.io.decode_image(encoded, channels=3, dtype=tf.uint8,
+                                   expand_animations=False)
     image.set_shape([None, None, 3])
     return image
 

@@ -1,0 +1,49 @@
+"""Benchmarks: ``python -m mtct_tf.benchmark <command>``.
+
+Commands (one library module each; this file only dispatches):
+    speed      how close training, input and serving come to the machine's
+               limits; writes docs/BENCHMARKS.md (``mtct_tf.speed``).
+    ablation   MTCT vs its baselines and loss variants on X-Domain-synth,
+               over seeds; writes docs/RESULTS.md (``mtct_tf.ablation``).
+
+Examples:
+    python -m mtct_tf.benchmark speed
+    python -m mtct_tf.benchmark speed --quick --out /tmp/speed.md
+    python -m mtct_tf.benchmark ablation --seeds 3
+"""
+
+import argparse
+import importlib
+import sys
+
+# Command -> (module, help). A module provides ``add_arguments(parser)``,
+# which sets ``func`` (called with the parsed arguments, returns the exit
+# code). Modules are imported when the parser is built, so they must not
+# import TensorFlow at module level.
+COMMANDS = {
+    "speed": ("mtct_tf.speed",
+              "training / input / serving speed vs the machine's peak"),
+    "ablation": ("mtct_tf.ablation",
+                 "MTCT vs No-Adapt, UD, FTT, end-to-end and loss variants"),
+}
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="python -m mtct_tf.benchmark", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True,
+                                metavar="{" + ",".join(COMMANDS) + "}")
+    for name, (module, help_text) in COMMANDS.items():
+        importlib.import_module(module).add_arguments(
+            sub.add_parser(name, help=help_text, description=help_text))
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
