@@ -43,6 +43,7 @@ import re
 import shutil
 import tempfile
 import time
+import zipfile
 
 import keras
 import tensorflow as tf
@@ -412,8 +413,34 @@ def export_keras(net, path, *, verify=True):
 
 
 def load_keras(path):
-    """Loads a ``.keras`` MTN in safe mode, without compiling."""
-    return keras.saving.load_model(path, safe_mode=True, compile=False)
+    """Loads a ``.keras`` MTN in safe mode, without compiling.
+
+    Safe mode refuses what would run code stored in the file (a ``Lambda``
+    layer's Python bytecode, say) before running any of it.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: naming ``path``: not a readable ``.keras`` file, one
+            that only unsafe loading could read, or a model that is not an
+            ``MTN``.
+    """
+    from mtct_tf import model as model_lib
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such model file")
+    try:
+        net = keras.saving.load_model(path, safe_mode=True, compile=False)
+    except (ValueError, TypeError, KeyError, OSError,
+            zipfile.BadZipFile) as e:
+        raise ValueError(
+            f"{path}: cannot load it as a Keras model in safe mode "
+            f"({type(e).__name__}: {e})") from None
+    if not isinstance(net, model_lib.MTN):
+        raise ValueError(
+            f"{path}: holds a {type(net).__name__}, not an mtct_tf MTN; "
+            "expected a model.keras written by training or export")
+    return net
 
 
 def is_saved_model(path):

@@ -109,12 +109,19 @@ def build_mtn(config, schema):
 
 
 def load_mtn(path):
-    """Loads a saved MTN in Keras' safe mode (no arbitrary code)."""
+    """Loads a saved MTN in Keras' safe mode (no arbitrary code).
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: naming ``path`` (see ``export_lib.load_keras``).
+    """
+    from mtct_tf import export_lib
+
     if not os.path.exists(path):
         raise FileNotFoundError(
             f"{path} does not exist: train the stage that writes it first"
         )
-    return keras.saving.load_model(path, safe_mode=True, compile=False)
+    return export_lib.load_keras(path)
 
 
 class Backup(keras.callbacks.BackupAndRestore):
