@@ -306,7 +306,8 @@ def evaluate(model_dir, *, split="test", domain="street", stage=None,
         shards_dir = (training.street_dir(config) if domain == "street"
                       else config.data.shards_dir)
     schema = pipeline.load_schema(shards_dir)
-    training.check_schema(net, schema, shards_dir)
+    training.check_schema(net, schema, shards_dir, training.trained_schema(
+        training.stage_dir(model_dir, stage)))
     ds = pipeline.make_dataset(
         pipeline.shard_files(shards_dir, split), schema,
         image_size=net.image_size, batch_size=batch_size, training=False,

@@ -469,9 +469,10 @@ def load_model_and_schema(model, *, schema=None, stage=None):
         model: a training run directory (``config.yaml`` + ``<stage>/
             model.keras``; the method's last stage unless ``stage``) or a
             ``.keras`` file.
-        schema: a schema name or JSON path; default: the run's schema, or
-            for a ``.keras`` file ``schema.json`` beside it, else the schema
-            of the run it sits in (``<run>/<stage>/model.keras``).
+        schema: a schema name or JSON path; default: ``schema.json``
+            beside the ``.keras`` file (training saves the schema the stage
+            was trained with there), else the schema of the run it sits in
+            (``<run>/<stage>/model.keras``).
         stage: the stage of a run directory.
 
     Returns:
@@ -516,10 +517,10 @@ def load_model_and_schema(model, *, schema=None, stage=None):
     net = load_keras(path)
     if schema is not None:
         schema = attributes_lib.get_schema(schema)
-    elif model.endswith(".keras") and os.path.isfile(
-            os.path.join(os.path.dirname(model), SCHEMA_FILE)):
+    elif os.path.isfile(os.path.join(os.path.dirname(path), SCHEMA_FILE)):
+        # Beside the model (training writes the schema it trained with).
         schema = attributes_lib.AttributeSchema.load(
-            os.path.join(os.path.dirname(model), SCHEMA_FILE))
+            os.path.join(os.path.dirname(path), SCHEMA_FILE))
     elif config is not None:
         schema = training.load_schema(config)
     else:

@@ -4,6 +4,7 @@
 for. Each stage writes to ``<model_dir>/<stage>/``:
 
     model.keras        the MTN with the best validation weights (final)
+    schema.json        the attribute schema it was trained with
     best.weights.h5    best-on-validation weights, updated during training
     backup/            resume state after a kill (``Backup``), removed
                        once done.json is written
@@ -48,6 +49,8 @@ PLANS = {
     "end_to_end": ("joint",),
 }
 STAGES = ("shop", "street", "united", "joint")
+# Beside each stage's model.keras: the schema it was trained with.
+SCHEMA_FILE = "schema.json"
 
 
 def final_stage(method):
@@ -323,7 +326,8 @@ def train_stage(config, model_dir, stage, *, verbose="auto"):
         if stage == "street":
             shop_net = load_mtn(os.path.join(stage_dir(model_dir, "shop"),
                                              "model.keras"))
-            check_schema(shop_net, schema, config.data.shards_dir)
+            check_schema(shop_net, schema, config.data.shards_dir,
+                         trained_schema(stage_dir(model_dir, "shop")))
             net = model_lib.MTN.from_config(shop_net.get_config())
             net.set_weights(shop_net.get_weights())
             if config.street.finetune == "fc":
@@ -375,6 +379,7 @@ def train_stage(config, model_dir, stage, *, verbose="auto"):
     if os.path.exists(best_path):
         net.load_weights(best_path)
     if distribute.is_chief():
+        schema.save(os.path.join(out, SCHEMA_FILE))
         tmp = os.path.join(out, "model.tmp.keras")
         net.save(tmp)
         os.replace(tmp, os.path.join(out, "model.keras"))
@@ -389,15 +394,50 @@ def train_stage(config, model_dir, stage, *, verbose="auto"):
     return info
 
 
-def check_schema(net, schema, where):
-    """Raises ``ValueError`` unless ``net``'s heads match ``schema``."""
-    if tuple(net.num_values.items()) != tuple(schema.num_values.items()):
-        raise ValueError(
-            f"the model was trained with attributes {net.num_values}, but "
-            f"the schema {schema.name!r} of {where} has {schema.num_values}; "
-            "use data with the schema the model was trained with, or train "
-            "again"
-        )
+def trained_schema(path):
+    """The schema a stage's model was trained with, or ``None``.
+
+    ``train_stage`` saves it as ``<stage dir>/schema.json`` beside
+    ``model.keras``; runs older than that file have none.
+    """
+    path = os.path.join(path, SCHEMA_FILE)
+    if not os.path.isfile(path):
+        return None
+    return attributes_lib.AttributeSchema.load(path)
+
+
+def check_schema(net, schema, where, trained=None):
+    """Raises ``ValueError`` unless ``net``'s heads match ``schema``.
+
+    Args:
+        net: the model.
+        schema: the ``AttributeSchema`` of the data it is about to see.
+        where: the data's location, for the message.
+        trained: the schema the model was trained with
+            (``trained_schema``), when known. Then the value names must
+            match too: heads of the same sizes whose values mean other
+            things would give silently wrong labels.
+    """
+    if trained is not None:
+        ok = trained.attributes == schema.attributes
+        model_side = f"schema {trained.name!r} {trained.num_values}"
+    else:
+        ok = tuple(net.num_values.items()) == tuple(schema.num_values.items())
+        model_side = f"attributes {net.num_values}"
+    if ok:
+        return
+    detail = ""
+    if trained is not None:
+        for a in trained:
+            if a.name in schema and schema[a.name].values != a.values:
+                detail = (f" (attribute {a.name!r}: values {a.values} in the "
+                          f"model, {schema[a.name].values} in the data)")
+                break
+    raise ValueError(
+        f"the model was trained with {model_side}, but the schema "
+        f"{schema.name!r} of {where} has {schema.num_values}{detail}; use "
+        "data with the schema the model was trained with, or train again"
+    )
 
 
 def run(config, model_dir, stage="all", *, verbose="auto"):
