@@ -153,6 +153,29 @@ class ExperimentConfig:
                 "data.street_label_fraction must be in (0, 1]. Received: "
                 f"{self.data.street_label_fraction}"
             )
+        # A stage with no epochs or a non-positive learning rate would
+        # still finish and save an untrained model as if it were trained.
+        two_stage = self.method in ("mtct", "ftt")
+        for key in ("shop", "street"):
+            stage = getattr(self, key)
+            low = 1 if two_stage else 0
+            for field, value, minimum in (
+                    ("epochs", stage.epochs, low),
+                    ("steps_per_epoch", stage.steps_per_epoch, 0),
+                    ("validation_steps", stage.validation_steps, 0)):
+                if value < minimum:
+                    raise ConfigError(
+                        f"{key}.{field} must be >= {minimum}"
+                        + (f" for method {self.method!r}" if field == "epochs"
+                           else "") + f". Received: {value}")
+            if not stage.learning_rate > 0:
+                raise ConfigError(f"{key}.learning_rate must be > 0. "
+                                  f"Received: {stage.learning_rate}")
+        if self.shop.epochs + self.street.epochs < 1:
+            raise ConfigError(
+                "shop.epochs + street.epochs must be >= 1 (one-stage methods "
+                f"train for their sum). Received: {self.shop.epochs} + "
+                f"{self.street.epochs}")
         return self
 
     def to_dict(self):
