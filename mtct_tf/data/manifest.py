@@ -90,6 +90,9 @@ def parse_line(text, schema, *, root, manifest_path="<manifest>", line=0,
     for key in ("id", "path", "item_id"):
         if not isinstance(obj[key], str) or not obj[key]:
             fail(f"field {key!r} must be a non-empty string, got {obj[key]!r}")
+    if "\0" in obj["path"]:
+        # No file name has one; open() would fail without naming the line.
+        fail(f"field 'path' contains a NUL character: {obj['path']!r}")
     if obj["domain"] not in features.DOMAINS:
         fail(f"field 'domain' must be one of {features.DOMAINS}, got "
              f"{obj['domain']!r}")
