@@ -475,6 +475,10 @@ def _worker_main(argv):
     t = Clock()
     result = MEASUREMENTS[name](**kwargs)
     result["seconds_total"] = round(t.read()[0], 1)
+    usage = [resource.getrusage(who) for who in (resource.RUSAGE_SELF,
+                                                 resource.RUSAGE_CHILDREN)]
+    result["cpu_seconds_total"] = round(
+        sum(u.ru_utime + u.ru_stime for u in usage), 1)
     result["peak_rss_mb"], result["children_peak_rss_mb"] = peak_rss_mb()
     with open(out_path, "w") as f:
         json.dump(result, f)
@@ -834,6 +838,11 @@ def render_report(results):
         f"Date: {results['date']}; run time {results['seconds']:.0f} s"
         + (" (`--quick`: smoke-test sizes, not a measurement)"
            if results["quick"] else "") + ".",
+        "",
+    ]
+    if results.get("note"):
+        lines += ["", results["note"]]
+    lines += [
         "",
         "## Machine",
         "",
