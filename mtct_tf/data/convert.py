@@ -252,6 +252,9 @@ def load_image(entry, *, manifest_path, resize=None, max_pixels=MAX_PIXELS):
         fail(f"image file {entry.path} does not exist")
     except OSError as e:
         fail(f"cannot read image file {entry.path}: {e.strerror or e}")
+    if not data:
+        # PIL would only say "cannot identify image file <_io.BytesIO ...>".
+        fail(f"image file {entry.path} is empty (0 bytes)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
