@@ -94,9 +94,7 @@ class Predictor:
             refused = re.search(r"image refused: [^\]\n]*", text)
             if refused:  # pipeline.decode_image's decompression-bomb check.
                 raise ValueError(f"{name}: {refused.group(0)}") from None
-            # The first line, without TensorFlow's "{{function_node ...}}".
-            reason = re.sub(r"\{\{[^}]*\}\}\s*", "",
-                            text.strip().splitlines()[0])
+            reason = _op_message(text)
             raise ValueError(
                 f"{name}: cannot decode it as a JPEG or PNG image "
                 f"({reason})") from None
@@ -122,6 +120,23 @@ class Predictor:
             ValueError: the file is not a decodable image (names it).
         """
         return self.predict_bytes(read_photo(path), top_k=top_k, name=path)
+
+
+def _op_message(text):
+    """The failing op's own message in a TensorFlow error's text.
+
+    Graph errors start "Graph execution error:" and a stack of our source
+    lines; eager ones wrap the message in "{{function_node ...}}" and
+    "[Op:...]".
+    """
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith(("Graph execution error",
+                                        "Detected at node", "File ", "[[")):
+            continue
+        line = re.sub(r"\{\{[^}]*\}\}\s*", "", line)
+        return re.sub(r"\s*\[Op:.*$", "", line) or "unknown error"
+    return "unknown error"
 
 
 def read_photo(path):
