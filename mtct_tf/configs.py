@@ -289,8 +289,9 @@ def build(experiment, config_file=None, overrides=()):
     """Resolves an experiment: registry defaults, YAML file, then overrides."""
     config = get_experiment(experiment)
     if config_file:
+        data = load_yaml(config_file)  # Its errors name the file already.
         try:
-            apply_dict(config, load_yaml(config_file))
+            apply_dict(config, data)
         except ConfigError as e:
             raise ConfigError(f"{config_file}: {e}") from None
     for text in overrides:
