@@ -28,7 +28,9 @@ def _config(**overrides):
     base = {"model.preset": "tiny", "data.image_size": S,
             "data.batch_size": 4, "data.shuffle_buffer": 8,
             "shop.epochs": 1, "shop.steps_per_epoch": 2,
-            "shop.validation_steps": 1}
+            "shop.validation_steps": 1,
+            "pretrain.epochs": 1, "pretrain.steps_per_epoch": 2,
+            "pretrain.validation_steps": 1}
     base.update(overrides)
     return configs.build("demo", overrides=[f"{k}={v}"
                                             for k, v in base.items()])
