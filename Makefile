@@ -31,19 +31,18 @@ demo: $(STAMP)
 	test -f $(DEMO)/shards/summary.json || $(PY) datasets/convert_manifest.py \
 	    --manifest $(DEMO)/data/manifest.jsonl --out $(DEMO)/shards
 	@echo "== 2/7 train the garment detector (Model Garden Faster R-CNN)"
-	test -f $(DEMO)/det_records/schema.json || \
+	test -f $(DEMO)/det_records/detection_records.json || \
 	    $(PY) datasets/make_detection_records.py --domain street \
 	    --manifest $(DEMO)/data/manifest.jsonl --out $(DEMO)/det_records
 	test -d $(DEMO)/detector/export || { \
 	    $(PY) -m mtct_tf.detect train --preset small \
 	        --records $(DEMO)/det_records --model_dir $(DEMO)/detector \
 	        --steps $(DET_STEPS) && \
-	    $(PY) -m mtct_tf.detect evaluate --preset small \
-	        --records $(DEMO)/det_records --model_dir $(DEMO)/detector && \
-	    $(PY) -m mtct_tf.detect export --preset small \
-	        --model_dir $(DEMO)/detector; }
+	    $(PY) -m mtct_tf.detect evaluate --records $(DEMO)/det_records \
+	        --model_dir $(DEMO)/detector --eval_split test && \
+	    $(PY) -m mtct_tf.detect export --model_dir $(DEMO)/detector; }
 	@echo "== 3/7 crop the street photos with the detector"
-	test -f $(DEMO)/crops/schema.json || $(PY) datasets/crop_with_detector.py \
+	test -f $(DEMO)/crops/summary.json || $(PY) datasets/crop_with_detector.py \
 	    --detector $(DEMO)/detector/export --source $(DEMO)/shards \
 	    --out $(DEMO)/crops
 	@echo "== 4/7 stage 1 (shop) and stage 2 (street, t-STE) on detector crops"
