@@ -238,8 +238,14 @@ def write_json(path, obj):
     os.replace(tmp, path)
 
 
-def _datasets(config, schema, stage):
-    """(train, val, steps per epoch, epochs, stage config) for a stage."""
+def _datasets(config, schema, stage, strategy=None):
+    """(train, val, steps per epoch, epochs, stage config) for a stage.
+
+    Batches are global (``data.batch_size`` examples per optimiser step,
+    split across the strategy's replicas); every dataset is sharded across
+    workers by file (``distribute.shard_dataset``).
+    """
+    strategy = strategy or tf.distribute.get_strategy()
     d = config.data
     shop_train = pipeline.shard_files(d.shards_dir, "train")
     shop_val = pipeline.shard_files(d.shards_dir, "val")
@@ -258,19 +264,21 @@ def _datasets(config, schema, stage):
     one_stage_spe = math.ceil((s1 + s2) / one_stage_epochs)
 
     def plain(files, training, domain, fraction=1.0):
-        return pipeline.make_dataset(
+        return distribute.shard_dataset(pipeline.make_dataset(
             files, schema, training=training, domain=domain,
             shuffle_buffer=d.shuffle_buffer, label_fraction=fraction,
-            cache=d.cache and not training, **common)
+            cache=d.cache and not training, **common), len(files), strategy)
 
     def triplet(training, fraction):
         split = "train" if training else "val"
-        return triplets.make_triplet_dataset(
-            street_train if training else street_val,
-            pipeline.shard_files(d.shards_dir, split), schema,
+        anchors = street_train if training else street_val
+        # Sharded by the street (anchor) files; every worker holds the
+        # whole shop table.
+        return distribute.shard_dataset(triplets.make_triplet_dataset(
+            anchors, pipeline.shard_files(d.shards_dir, split), schema,
             training=training, negatives=d.negatives,
             label_fraction=fraction, shuffle_buffer=d.shuffle_buffer,
-            **common)
+            **common), len(anchors), strategy)
 
     fraction = d.street_label_fraction
     if stage == "shop":
@@ -293,7 +301,9 @@ def _datasets(config, schema, stage):
             # Shop records are kept whole; only street items are thinned.
             train = plain(shop_train, True, "shop").unbatch().concatenate(
                 plain(street_train, True, "street", fraction).unbatch())
-            train = train.shuffle(d.shuffle_buffer).batch(d.batch_size)
+            train = distribute.shard_dataset(
+                train.shuffle(d.shuffle_buffer).batch(d.batch_size),
+                len(files), strategy)
         else:
             train = plain(files, True, None)
         val = plain(sorted(set(shop_val) | set(street_val)), False, None)
@@ -319,7 +329,8 @@ def train_stage(config, model_dir, stage, *, verbose="auto"):
     strategy = distribute.get_strategy(config.runtime.strategy)
     distribute.set_precision(config.runtime.mixed_precision)
     keras.utils.set_random_seed(config.seed)
-    train_ds, val_ds, spe, epochs, stage_cfg = _datasets(config, schema, stage)
+    train_ds, val_ds, spe, epochs, stage_cfg = _datasets(config, schema, stage,
+                                                         strategy)
     cross = config.street.cross_domain
 
     with strategy.scope():
@@ -347,6 +358,8 @@ def train_stage(config, model_dir, stage, *, verbose="auto"):
                 beta=cross.beta, margin=cross.margin,
                 normalize=cross.normalize,
                 shop_loss_weight=1.0 if stage == "joint" else 0.0)
+        # Batch statistics of the global batch, as on one device.
+        distribute.sync_batch_norm(net, strategy.num_replicas_in_sync > 1)
         trainer.compile(optimizer=make_optimizer(stage_cfg, spe * epochs),
                         jit_compile=config.runtime.jit_compile)
         # BackupAndRestore restores into built weights and optimiser slots.
@@ -354,43 +367,52 @@ def train_stage(config, model_dir, stage, *, verbose="auto"):
         trainer(tf.zeros((1, size, size, 3)))
         trainer.optimizer.build(trainer.trainable_variables)
 
-    best_path = os.path.join(out, "best.weights.h5")
-    backup = config.runtime.backup_every_steps or "epoch"
-    best = BestWeights(net, best_path)
-    # The backup goes last: at an epoch end the best weights and the
-    # history row are written before the backup says the epoch is done,
-    # so a kill in between repeats the epoch rather than losing them.
-    callbacks = [
-        CompactProgbar(),
-        best,
-        keras.callbacks.CSVLogger(os.path.join(out, "history.csv"),
-                                  append=True),
-        keras.callbacks.TensorBoard(os.path.join(out, "logs"),
-                                    update_freq="epoch"),
-        Backup(os.path.join(out, "backup"), save_freq=backup),
-    ]
-    start = time.time()
-    trainer.fit(
-        train_ds, epochs=epochs, steps_per_epoch=spe,
-        validation_data=val_ds,
-        validation_steps=stage_cfg.validation_steps or None,
-        callbacks=callbacks, verbose=verbose,
-    )
-    if os.path.exists(best_path):
-        net.load_weights(best_path)
-    if distribute.is_chief():
-        schema.save(os.path.join(out, SCHEMA_FILE))
-        tmp = os.path.join(out, "model.tmp.keras")
+    # Every worker saves (saving may run collective ops that all workers
+    # must join); only the chief writes into ``out``, the others into a
+    # temporary copy of the state they resume from.
+    best_name = "best.weights.h5"
+    with distribute.write_dir(out, strategy, copy=(
+            "backup", best_name, f"{best_name}.json")) as wout:
+        best_path = os.path.join(wout, best_name)
+        backup = config.runtime.backup_every_steps or "epoch"
+        best = BestWeights(net, best_path)
+        # The backup goes last: at an epoch end the best weights and the
+        # history row are written before the backup says the epoch is done,
+        # so a kill in between repeats the epoch rather than losing them.
+        callbacks = [
+            CompactProgbar(),
+            best,
+            keras.callbacks.CSVLogger(os.path.join(wout, "history.csv"),
+                                      append=True),
+            keras.callbacks.TensorBoard(os.path.join(wout, "logs"),
+                                        update_freq="epoch"),
+            Backup(os.path.join(wout, "backup"), save_freq=backup),
+        ]
+        start = time.time()
+        trainer.fit(
+            train_ds, epochs=epochs, steps_per_epoch=spe,
+            validation_data=val_ds,
+            validation_steps=stage_cfg.validation_steps or None,
+            callbacks=callbacks, verbose=verbose,
+        )
+        if os.path.exists(best_path):
+            net.load_weights(best_path)
+        # The saved model is the same whatever trained it.
+        distribute.sync_batch_norm(net, False)
+        schema.save(os.path.join(wout, SCHEMA_FILE))
+        tmp = os.path.join(wout, "model.tmp.keras")
         net.save(tmp)
-        os.replace(tmp, os.path.join(out, "model.keras"))
-    info = {"stage": stage, "method": config.method, "epochs": epochs,
-            "steps_per_epoch": spe, "steps": spe * epochs,
-            "seconds": round(time.time() - start, 1),
-            "best_val_ce": best.best}
-    if distribute.is_chief():
-        write_json(os.path.join(out, "done.json"), info)
+        os.replace(tmp, os.path.join(wout, "model.keras"))
+        info = {"stage": stage, "method": config.method, "epochs": epochs,
+                "steps_per_epoch": spe, "steps": spe * epochs,
+                "seconds": round(time.time() - start, 1),
+                "best_val_ce": best.best,
+                "replicas": strategy.num_replicas_in_sync}
+        write_json(os.path.join(wout, "done.json"), info)
         # Only now: until done.json exists, a rerun resumes from it.
-        shutil.rmtree(os.path.join(out, "backup"), ignore_errors=True)
+        shutil.rmtree(os.path.join(wout, "backup"), ignore_errors=True)
+    # Other workers go on to read what the chief wrote (the shop model).
+    distribute.barrier(strategy)
     return info
 
 
@@ -450,7 +472,8 @@ def run(config, model_dir, stage="all", *, verbose="auto"):
         Dict stage -> its ``done.json`` content.
     """
     os.makedirs(model_dir, exist_ok=True)
-    configs_lib.save(config, os.path.join(model_dir, "config.yaml"))
+    if distribute.is_chief(config.runtime.strategy):
+        configs_lib.save(config, os.path.join(model_dir, "config.yaml"))
     plan = PLANS[config.method]
     if stage == "all":
         stages = plan

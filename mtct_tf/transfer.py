@@ -27,9 +27,16 @@ accuracy over labelled images) or, for a multilabel head,
 ``<attribute>_top3_recall`` (the fraction of positive labels ranked among the
 head's 3 highest scores of their image; binary accuracy would be swamped by
 the negatives).
-Under a ``tf.distribute`` strategy each replica's loss is divided by the
-number of replicas before the gradient, so that the summed (all-reduced)
-gradients are those of the global-batch mean.
+
+Under a ``tf.distribute`` strategy each replica holds a share of the global
+batch and the optimiser sums the replicas' gradients. Each masked mean is
+therefore divided by the *global* count of its labels (all-reduced across
+replicas, one small all-reduce per step) and the triplet mean by the global
+number of triplets: the replicas' losses add up to exactly the loss of the
+global batch, and so do their gradients, even when replicas hold different
+numbers of labels. (Dividing each replica's own mean by the number of
+replicas would weight a label on a sparsely labelled replica more than one
+on a densely labelled replica.) The tracked metrics report global values.
 """
 
 import keras
@@ -44,6 +51,54 @@ TRACKED_TOP_K = 3
 
 def _mean_loss(value):
     return keras.metrics.Mean(name=value)
+
+
+def _num_replicas():
+    context = tf.distribute.get_replica_context()
+    return 1 if context is None else context.num_replicas_in_sync
+
+
+def _global_sum(value):
+    """``value`` summed over the replicas (itself with one replica)."""
+    if _num_replicas() == 1:
+        return value
+    return tf.distribute.get_replica_context().all_reduce(
+        tf.distribute.ReduceOp.SUM, value)
+
+
+def _label_count(labels):
+    """Labelled entries of a label tensor (-1 = missing), as float32.
+
+    The count ``losses.multitask_loss`` divides by: labelled samples of a
+    softmax attribute, known entries of a multi-label one.
+    """
+    return tf.reduce_sum(tf.cast(tf.convert_to_tensor(labels) >= 0,
+                                 tf.float32))
+
+
+def _global_counts(counts):
+    """(local, global) float32 vectors of label counts: one all-reduce.
+
+    The counts depend on the labels only, so the all-reduce runs before the
+    forward pass and does not wait for it.
+    """
+    local = tf.stack(counts)
+    return local, tf.stop_gradient(_global_sum(local))
+
+
+def _globalize(means, local, total):
+    """Turns replica-local means into shares of the global-batch means.
+
+    ``mean_r * max(n_r, 1) / max(N, 1)``, with ``n_r`` the replica's count
+    (``local``) and ``N`` its sum over replicas (``total``): the shares add
+    up over replicas to ``sum of values / N``, the mean over the global
+    batch. The factor is a constant for the gradient. With one replica the
+    means are returned unchanged.
+    """
+    if _num_replicas() == 1:
+        return list(means)
+    factors = tf.maximum(local, 1.0) / tf.maximum(total, 1.0)
+    return [m * tf.cast(factors[i], m.dtype) for i, m in enumerate(means)]
 
 
 @keras.saving.register_keras_serializable(package="mtct_tf")
@@ -135,16 +190,34 @@ class CrossDomainModel(keras.Model):
         return {"image": x}, y, None
 
     def _forward(self, x, street_labels, shop_labels, training):
-        """Returns (total, ce, cross, per-attribute ce, street outputs)."""
+        """The losses of a batch.
+
+        Under a strategy with several replicas the losses are this
+        replica's shares of the global-batch losses (``_globalize``): they
+        add up over the replicas to the global values.
+
+        Returns:
+            ``(total, ce, cross, per-attribute ce, street outputs,
+            labelled)``, ``labelled`` the global count of street labels of
+            each attribute.
+        """
+        names = self.attribute_names
+        use_triplets = self.kind != "none" and "positive" in x
+        use_shop = bool(self.shop_loss_weight) and shop_labels is not None
+        counts = [_label_count(street_labels[a]) for a in names]
+        if use_triplets:
+            counts.append(tf.cast(tf.shape(x["image"])[0], tf.float32))
+        if use_shop:
+            counts += [_label_count(shop_labels[a]) for a in names]
+        local, total_counts = _global_counts(counts)
+
         outputs = self.street(x["image"], training=training)
-        preds = {a: outputs[a] for a in self.attribute_names}
-        ce, per_attr = losses_lib.multitask_loss(
+        preds = {a: outputs[a] for a in names}
+        _, per_attr = losses_lib.multitask_loss(
             street_labels, preds, self.attribute_weights, kinds=self.kinds
         )
-        total = ce
-        cross = tf.constant(0.0)
-        use_triplets = self.kind != "none" and "positive" in x
-        if use_triplets or (self.shop_loss_weight and shop_labels is not None):
+        means = [per_attr[a] for a in names]
+        if use_triplets or use_shop:
             f_s = self.shop if self.shop is not None else self.street
             s_training = training and self.shop is None
             pos_out = f_s(x["positive"], training=s_training)
@@ -157,24 +230,54 @@ class CrossDomainModel(keras.Model):
                 beta=self.beta or None, margin=self.margin or None,
                 normalize=self.normalize,
             )
-            cross = tf.reduce_mean(per_triplet)
-            total = total + self.weight * cross
-        if self.shop_loss_weight and shop_labels is not None:
-            shop_ce, _ = losses_lib.multitask_loss(
-                shop_labels, {a: pos_out[a] for a in self.attribute_names},
+            # Not reduce_mean: a replica's share of a last partial batch
+            # may be empty.
+            means.append(tf.reduce_sum(per_triplet)
+                         / tf.maximum(local[len(names)], 1.0))
+        if use_shop:
+            _, shop_attr = losses_lib.multitask_loss(
+                shop_labels, {a: pos_out[a] for a in names},
                 self.attribute_weights, kinds=self.kinds,
             )
-            total = total + self.shop_loss_weight * shop_ce
-        return total, ce, cross, per_attr, preds
+            means += [shop_attr[a] for a in names]
+        shares = _globalize(means, local, total_counts)
+        k = len(names)
+        per_attr = dict(zip(names, shares[:k]))
+        ce = self._weighted(per_attr)
+        total = ce
+        cross = tf.constant(0.0)
+        if use_triplets:
+            cross = shares[k]
+            total = total + self.weight * cross
+        if use_shop:
+            total = total + self.shop_loss_weight * self._weighted(
+                dict(zip(names, shares[-k:])))
+        labelled = dict(zip(names, tf.unstack(total_counts[:k])))
+        return total, ce, cross, per_attr, preds, labelled
 
-    def _track(self, total, ce, cross, per_attr, preds, labels):
+    def _weighted(self, per_attr):
+        """``sum_a w_a * L_a``, as ``losses.multitask_loss`` sums."""
+        total = None
+        for a in self.attribute_names:
+            term = per_attr[a] * self.attribute_weights.get(a, 1.0)
+            total = term if total is None else total + term
+        return total
+
+    def _track(self, total, ce, cross, per_attr, preds, labels, labelled):
+        # Replica shares times the number of replicas: the metrics' mean
+        # over replicas (and their cross-replica reads) is the global value.
+        replicas = _num_replicas()
+        if replicas > 1:
+            total, ce, cross = (v * replicas for v in (total, ce, cross))
+            per_attr = {a: v * replicas for a, v in per_attr.items()}
         self.loss_tracker.update_state(total)
         self.ce_tracker.update_state(ce)
         if self.kind != "none":
             self.cross_tracker.update_state(cross)
         for a in self.attribute_names:
             if a in self.attr_recall:
-                self._track_multilabel(a, per_attr[a], preds[a], labels[a])
+                self._track_multilabel(a, per_attr[a], preds[a], labels[a],
+                                       labelled[a])
                 continue
             y = tf.cast(tf.reshape(labels[a], [-1]), tf.int32)
             mask = tf.cast(y >= 0, tf.float32)
@@ -182,16 +285,23 @@ class CrossDomainModel(keras.Model):
                 tf.equal(tf.argmax(preds[a], -1, output_type=tf.int32), y),
                 tf.float32,
             )
-            # Mean of per-attribute losses over batches with labels only.
+            # Mean of per-attribute losses over (global) batches with labels
+            # only.
             self.attr_loss[a].update_state(
-                per_attr[a], sample_weight=tf.minimum(tf.reduce_sum(mask), 1.)
+                per_attr[a], sample_weight=tf.minimum(labelled[a], 1.)
             )
             self.attr_acc[a].update_state(hit, sample_weight=mask)
-        return {m.name: m.result() for m in self.metrics}
+        logs = {m.name: m.result() for m in self.metrics}
+        if isinstance(tf.distribute.get_strategy(),
+                      tf.distribute.MultiWorkerMirroredStrategy):
+            # Keras 3 averages a step's outputs over the workers with
+            # strategy.reduce(..., axis=0), which needs rank >= 1
+            # (keras-team/keras#20585); the mean of [1]-vectors is a scalar.
+            logs = {k: tf.reshape(v, [1]) for k, v in logs.items()}
+        return logs
 
-    def _track_multilabel(self, a, loss, pred, labels):
+    def _track_multilabel(self, a, loss, pred, labels, known):
         y = tf.cast(labels, tf.int32)
-        known = tf.reduce_sum(tf.cast(y >= 0, tf.float32))
         self.attr_loss[a].update_state(
             loss, sample_weight=tf.minimum(known, 1.0))
         k = min(TRACKED_TOP_K, pred.shape[-1])
@@ -200,28 +310,48 @@ class CrossDomainModel(keras.Model):
         positive = tf.cast(tf.equal(y, 1), tf.float32)
         self.attr_recall[a].update_state(in_top, sample_weight=positive)
 
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Under a strategy Keras 3 first pulls one batch and reduces it with
+        # strategy.reduce to build compiled losses and metrics symbolically.
+        # MultiWorkerMirroredStrategy cannot reduce a nested batch
+        # (keras-team/keras#20585), and the batch is lost to training. This
+        # model compiles no loss or metric: once it and its optimiser are
+        # built (train_stage builds both), there is nothing to build.
+        built = (
+            self.built and all(layer.built for layer in self._flatten_layers())
+            and (self.optimizer is None or self.optimizer.built)
+            and getattr(self, "_compile_metrics", None) is None
+            and getattr(self, "_compile_loss", None) is None
+        )
+        if not built:
+            super()._maybe_symbolic_build(iterator=iterator,
+                                          data_batch=data_batch)
+
     def train_step(self, data):
         x, street_labels, shop_labels = self._unpack(data)
         with tf.GradientTape() as tape:
-            total, ce, cross, per_attr, preds = self._forward(
+            # ``total`` is this replica's share of the global-batch loss
+            # (``_forward``); the optimiser sums the replicas' gradients.
+            total, ce, cross, per_attr, preds, labelled = self._forward(
                 x, street_labels, shop_labels, training=True
             )
-            replicas = tf.distribute.get_strategy().num_replicas_in_sync
-            scaled = total / tf.cast(replicas, total.dtype)
-            if self.optimizer is not None and hasattr(
-                    self.optimizer, "scale_loss"):
-                scaled = self.optimizer.scale_loss(scaled)
+            # Multiplies by the dynamic loss scale under mixed_float16
+            # (compile wraps the optimiser in a LossScaleOptimizer, whose
+            # apply() unscales the gradients and skips non-finite steps).
+            scaled = self.optimizer.scale_loss(total)
         variables = self.trainable_variables
         grads = tape.gradient(scaled, variables)
         self.optimizer.apply_gradients(zip(grads, variables))
-        return self._track(total, ce, cross, per_attr, preds, street_labels)
+        return self._track(total, ce, cross, per_attr, preds, street_labels,
+                           labelled)
 
     def test_step(self, data):
         x, street_labels, shop_labels = self._unpack(data)
-        total, ce, cross, per_attr, preds = self._forward(
+        total, ce, cross, per_attr, preds, labelled = self._forward(
             x, street_labels, shop_labels, training=False
         )
-        return self._track(total, ce, cross, per_attr, preds, street_labels)
+        return self._track(total, ce, cross, per_attr, preds, street_labels,
+                           labelled)
 
     def get_config(self):
         return {

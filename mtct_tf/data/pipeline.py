@@ -328,6 +328,19 @@ def _jitter_box(bbox, seed):
     return tf.stack([cy - bh / 2, cx - bw / 2, cy + bh / 2, cx + bw / 2])
 
 
+def _element_seed(record, seed):
+    """An int64 [2] seed pair for one record of a training stream.
+
+    Drawn from a stateful generator (seeded by ``seed``: the same sequence
+    on every run) and mixed with a fingerprint of the record's id, so that
+    workers reading different files, whose streams draw the same sequence,
+    still get different seeds.
+    """
+    draw = tf.random.uniform([2], maxval=2**62, dtype=tf.int64, seed=seed)
+    ident = tf.strings.to_hash_bucket_fast(record["source_id"], 2**62)
+    return tf.bitwise.bitwise_xor(draw, tf.stack([ident, ident // 3]))
+
+
 def preprocess(encoded, bbox, *, image_size, training, margin=0.1, seed=None):
     """Decodes, crops and resizes one image; augments it when training.
 
@@ -508,10 +521,12 @@ def make_dataset(shards, schema=None, *, image_size, batch_size, training,
     elif repeat:
         ds = ds.repeat(int(repeat))
     if training:
-        # One stateless seed pair per element and epoch: augmentation does
-        # not depend on which parallel map call handles which record.
-        seeds = tf.data.Dataset.random(seed=seed).batch(2)
-        ds = tf.data.Dataset.zip((ds, seeds))
+        # One stateless seed pair per element and epoch, drawn in stream
+        # order by a sequential map: augmentation does not depend on which
+        # parallel map call handles which record. (Not a zipped
+        # Dataset.random: a second source dataset defeats tf.data's FILE
+        # auto-sharding in multi-worker training.)
+        ds = ds.map(lambda record: (record, _element_seed(record, seed)))
 
     def to_example(record, element_seed=None):
         bbox = record["bbox"] if crop_to_bbox else tf.constant(_FULL_BOX)
