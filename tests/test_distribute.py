@@ -299,7 +299,8 @@ def _mirrored_main():
     def images():
         return rng.uniform(0, 255, (batch, size, size, 3)).astype("float32")
 
-    # Keras gives rows 0-3 to replica 0 (5 labels) and 4-7 to replica 1 (1).
+    # Keras gives rows 0-3 to replica 0 and 4-7 to replica 1: 4 and 1 colour
+    # labels, 4 and 0 sleeve labels.
     street = {"colour": np.array([0, 2, 1, 1, -1, -1, 2, -1], "int32"),
               "sleeve": np.array([1, 0, 1, 0, -1, -1, -1, -1], "int32")}
     shop = {"colour": np.array([0, 2, 1, 1, 0, -1, 2, -1], "int32"),
