@@ -76,11 +76,14 @@ def detector_config(preset="small", *, records=None, eval_split="val",
     Starts from Model Garden's registered ``fasterrcnn_resnetfpn_coco`` and
     changes only what the preset and the overrides say.
 
-    * ``small`` (CPU): ResNet-18 FPN, 128-filter FPN / RPN / box heads with 2
-      convs, 256 px input (sensible range 256-384; must be a multiple of
-      64), 256 train proposals, 128 sampled RoIs, batch 8, SGD lr 0.02.
+    * ``small`` (CPU): ResNet-18, 128-filter FPN and RPN head, a box head of
+      2 FC layers of 256 (no convs), 256 px input (sensible range 256-384),
+      256 train / 100 test proposals, 64 sampled RoIs, batch 8, SGD lr
+      0.02, 1500 steps. On X-Domain-synth street scenes (540 training
+      photos) it reached AP50 0.989 / AP 0.623 on the test split from
+      scratch (docs/DETECTOR.md).
     * ``paper``: ResNet-50 FPN with Model Garden's COCO heads, 640 px input
-      (range 640-1024; COCO uses 1024), batch 64, SGD lr 0.12.
+      (range 640-1024; COCO uses 1024), batch 64, SGD lr 0.12, 22500 steps.
 
     Both: 2 classes (background + garment), float32 on CPU, no sync BN, no
     network access (the COCO config's GCS backbone checkpoint and annotation
@@ -130,9 +133,9 @@ def detector_config(preset="small", *, records=None, eval_split="val",
             "input_size must be a multiple of 64 (2 ** max_level). "
             f"Received: input_size={size}"
         )
-    steps = steps or (3000 if small else 22500)
+    steps = steps or (1500 if small else 22500)
     train_bs = train_batch_size or (8 if small else 64)
-    eval_bs = eval_batch_size or (8 if small else 8)
+    eval_bs = eval_batch_size or 8
     lr = learning_rate or (0.02 if small else 0.12)
 
     params = exp_factory.get_exp_config(EXPERIMENT)
