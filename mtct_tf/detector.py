@@ -67,8 +67,8 @@ def count_records(pattern):
 
 
 def detector_config(preset="small", *, records=None, eval_split="val",
-                    train_pattern=None, eval_pattern=None, model_dir=None,
-                    steps=None, train_batch_size=None, eval_batch_size=None,
+                    train_pattern=None, eval_pattern=None, steps=None,
+                    train_batch_size=None, eval_batch_size=None,
                     input_size=None, learning_rate=None, init_checkpoint=None,
                     params_override=None):
     """Builds the Faster R-CNN ``ExperimentConfig`` for the garment detector.
@@ -99,7 +99,6 @@ def detector_config(preset="small", *, records=None, eval_split="val",
         eval_split: the split evaluated (``"val"`` or ``"test"``).
         train_pattern, eval_pattern: explicit file patterns (win over
             ``records``).
-        model_dir: not stored in the config; accepted for symmetry.
         steps: training steps.
         train_batch_size, eval_batch_size: global batch sizes.
         input_size: square input side in pixels (multiple of 64).
@@ -120,7 +119,6 @@ def detector_config(preset="small", *, records=None, eval_split="val",
     from official.modeling import hyperparams
     from official.vision import registry_imports  # noqa: F401 (registers)
 
-    del model_dir
     if preset not in PRESETS:
         raise ValueError(
             f"Unknown detector preset. Expected one of {PRESETS}. "
