@@ -146,12 +146,29 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
         return tf.cast(y, self.compute_dtype)
 
 
+def _elementwise_dtype():
+    """The dtype policy of the trunk's batch norm, ReLU and max-pooling.
+
+    Under ``mixed_bfloat16`` they run in float32 and only the convolutions
+    in bfloat16: TensorFlow's CPU kernels for bfloat16 batch norm, ReLU,
+    max-pooling and their gradients are slower than the float32 ones, and
+    at the ``small`` preset they made the whole step 1.5x slower than
+    float32; in float32 it is 1.05x faster than float32, and the ``paper``
+    step 6% faster than all-bfloat16 (docs/BENCHMARKS.md, What was tried).
+    ``None`` (the global policy) otherwise: float16 on GPUs is not slowed.
+    """
+    policy = keras.config.dtype_policy()
+    return "float32" if policy.compute_dtype == "bfloat16" else None
+
+
 def _nin_trunk(x, width):
     """Applies the NIN trunk; returns the pooled feature vector."""
+    dtype = _elementwise_dtype()
     for name, kernel, channels, stride in NIN_LAYERS:
         if channels is None:
             x = keras.layers.MaxPooling2D(
-                kernel, strides=stride, padding="same", name=name
+                kernel, strides=stride, padding="same", name=name,
+                dtype=dtype,
             )(x)
             continue
         x = keras.layers.Conv2D(
@@ -159,8 +176,9 @@ def _nin_trunk(x, width):
             padding="same", use_bias=False, name=name,
         )(x)
         # momentum 0.9: moving statistics must settle within short CPU runs.
-        x = FusedBatchNormalization(momentum=0.9, name=f"{name}_bn")(x)
-        x = keras.layers.ReLU(name=f"{name}_relu")(x)
+        x = FusedBatchNormalization(momentum=0.9, name=f"{name}_bn",
+                                    dtype=dtype)(x)
+        x = keras.layers.ReLU(name=f"{name}_relu", dtype=dtype)(x)
     return keras.layers.GlobalAveragePooling2D(name="trunk_pool")(x)
 
 

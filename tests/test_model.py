@@ -90,3 +90,29 @@ def test_application_backbone_shares_the_heads():
     out = net(np.zeros((1, 32, 32, 3), "float32"))
     assert out["sleeve"].shape == (1, 2)
     assert net.get_layer("backbone") in net.trunk_layers()
+
+
+@pytest.mark.parametrize("policy,elementwise", [
+    ("mixed_bfloat16", "float32"), ("mixed_float16", "float16"),
+    ("float32", "float32")])
+def test_trunk_dtypes_under_mixed_precision(policy, elementwise, tmp_path):
+    """Under mixed_bfloat16 only the convolutions compute in bfloat16."""
+    keras.config.set_dtype_policy(policy)
+    try:
+        net = _net()
+    finally:
+        keras.config.set_dtype_policy("float32")
+    conv = net.get_layer("conv1")
+    compute = "float32" if policy == "float32" else policy.split("_")[1]
+    assert conv.compute_dtype == compute
+    for name in ("conv1_bn", "conv1_relu", "pool1"):
+        assert net.get_layer(name).compute_dtype == elementwise, name
+    x = np.random.RandomState(2).uniform(0, 255, (2, 16, 16, 3))
+    out = net(x.astype("float32"))
+    assert np.all(np.isfinite(np.asarray(out["colour"], "float32")))
+    # A model trained this way saves and loads as .keras.
+    path = str(tmp_path / "m.keras")
+    net.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    out = loaded(x.astype("float32"))
+    assert np.all(np.isfinite(np.asarray(out["colour"], "float32")))
