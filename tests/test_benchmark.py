@@ -65,7 +65,11 @@ def _fake_results():
                      "samples": {"tfrecord": [{"wall": 1.0, "cpu": 1.0},
                                               {"wall": 2.0, "cpu": 2.0}],
                                  "memory": [{"wall": 0.9, "cpu": 0.8},
-                                            {"wall": 1.9, "cpu": 1.6}]}},
+                                            {"wall": 1.9, "cpu": 1.6}],
+                                 "alone": {
+                                     "64": [{"wall": 0.5, "cpu": 0.5}] * 2,
+                                     "224": [{"wall": 4.0, "cpu": 4.0}] * 2,
+                                 }}},
         "serving": [{"preset": "small", "batch_size": 4, "image_size": 64,
                      "jpeg_size": 1000, "max_abs_diff": 1e-7,
                      "peak_rss_mb": 800.0,
@@ -75,9 +79,17 @@ def _fake_results():
                              "single": [{"wall": 0.01, "cpu": 0.01}]},
                          "keras_tensors": {
                              "batch": [{"wall": 0.1, "cpu": 0.1}],
+                             "single": [{"wall": 0.01, "cpu": 0.01}]},
+                         "savedmodel_tensors": {
+                             "batch": [{"wall": 0.12, "cpu": 0.12}],
                              "single": [{"wall": 0.01, "cpu": 0.01}]}}}],
         "accuracy": {"preset": "tiny", "steps": 4, "batch_size": 4,
-                     "peak_rss_mb": 600.0,
+                     "peak_rss_mb": 600.0, "seeds": [0, 1],
+                     "runs": {"float32": [
+                         {"seed": 0, "val_mean_acc": 0.52, "val_ce": 1.0,
+                          "train_loss": 2.0},
+                         {"seed": 1, "val_mean_acc": 0.48, "val_ce": 1.0,
+                          "train_loss": 2.0}]},
                      "float32": {"val_mean_acc": 0.5, "val_ce": 1.0,
                                  "train_loss": 2.0},
                      "mixed_bfloat16": {"val_mean_acc": 0.49, "val_ce": 1.0,
@@ -93,7 +105,10 @@ def test_summary_arithmetic_and_report():
     assert s["peak_gflops"] == 100.0
     assert s["float32"]["images_per_second"] == pytest.approx(8.0)
     assert s["float32"]["images_per_second_median"] == pytest.approx(8 / 1.5)
-    assert s["float32"]["utilisation"] == pytest.approx(8 * 15 / 100)
+    assert s["float32"]["utilisation_best"] == pytest.approx(8 * 15 / 100)
+    # Paired with the matmul sample before each step (80 GFLOP/s): 60 and
+    # 120 GFLOP/s -> 0.75 and 1.5, median 1.125.
+    assert s["float32"]["utilisation"] == pytest.approx(1.125)
     # CPU: 120 GFLOP in a median 3 CPU-s = 40 per CPU-s, over 80 / 1.6 = 50.
     assert s["float32"]["utilisation_cpu"] == pytest.approx(40 / 50)
     assert s["bf16_speedup"] == pytest.approx(2.0)
@@ -102,9 +117,26 @@ def test_summary_arithmetic_and_report():
     assert p["memory_images_per_second"] > p["tfrecord_images_per_second"]
     v = results["serving"][0]["summary"]
     assert v["throughput_ratio"] == pytest.approx(0.5)
-    values = speed.target_values(results)
-    assert values["utilisation"] == pytest.approx(1.2)
-    assert values["bf16_accuracy"] == pytest.approx(-0.01)
+    rows = {r["key"]: r for r in speed.target_rows(results)}
+    assert rows["utilisation"]["value"] == pytest.approx(1.125)
+    assert rows["bf16_accuracy"]["value"] == pytest.approx(-0.01)
+    assert "moves by 0.040 between seeds 0, 1" in rows["bf16_accuracy"][
+        "bound"]
+    assert rows["bf16_speedup"]["value"] == pytest.approx(2.0)
+    # Pipeline alone: 0.5 CPU-s for 10 batches of 4 = 12.5 CPU-ms per image;
+    # the memory-fed step: median 1.2 CPU-s / 40 images = 30 CPU-ms.
+    assert p["alone"][64]["cpu_ms"] == pytest.approx(12.5)
+    assert p["train_cpu_ms"] == pytest.approx(30.0)
+    assert p["expected"] == pytest.approx(30 / 42.5)
+    # And for `paper` from its float32 step: median 3 CPU-s / 8 images.
+    e = p["expected_by_preset"]["paper"]
+    assert e["expected"] == pytest.approx(375 / (375 + 100))
+    # Serving per image: JPEG path 50 ms, SavedModel on tensors 30 ms (so
+    # decoding D = 20 ms), Keras 25 ms.
+    assert v["decode_ms"] == pytest.approx(20.0)
+    assert v["graph_ratio"] == pytest.approx(0.1 / 0.12)
+    assert v["expected_ratio"] == pytest.approx(25 / 45)
+    assert "estimate K / (K + D) = 0.556" in rows["serving"]["bound"]
 
     report = speed.render_report(results)
     for section in SECTIONS:
