@@ -242,23 +242,25 @@ def measure_training(preset, batch_size, rounds, precisions=PRECISIONS,
         x, y = _random_batch(batch_size, size)
         trainers[precision].train_on_batch(x, y)  # Trace and warm up.
         build[precision] = t.read()[0]
-        # The second step is still slow (first use of the optimizer's
-        # slots and of some oneDNN primitives): not timed either.
-        trainers[precision].train_on_batch(x, y)
     net = trainers[precisions[0]].street
     out.update(flops_per_image(net), image_size=net.image_size,
                first_step_seconds=build)
     samples = {p: [] for p in precisions}
     peaks = {"float32": [], "bfloat16": []}
-    for _ in range(rounds):
+    # Round 0 is not timed: the first steps after the other precision's
+    # model was built and traced ran 1.3-1.8x slower than the rest in
+    # every run (memory faulted back in), which no training run sees.
+    for r in range(rounds + 1):
         for precision in precisions:
             dtype = "float32" if precision == "float32" else "bfloat16"
-            peaks[dtype].append(matmul_sample(
-                tf, getattr(tf, dtype), ROUND_PEAK_SIZE))
+            peak = matmul_sample(tf, getattr(tf, dtype), ROUND_PEAK_SIZE,
+                                 min_seconds=0.5)
             t = Clock()
             trainers[precision].train_on_batch(x, y)
             wall, cpu = t.read()
-            samples[precision].append({"wall": wall, "cpu": cpu})
+            if r:
+                peaks[dtype].append(peak)
+                samples[precision].append({"wall": wall, "cpu": cpu})
     out["round_peaks"] = peaks
     out["steps"] = samples
     return out
@@ -946,8 +948,11 @@ def target_rows(results):
 
     training = {r["preset"]: r for r in results.get("training", [])}
     paper = training.get("paper", {}).get("summary", {})
-    add("utilisation", "training utilisation at `paper`, float32",
-        paper.get("float32", {}).get("utilisation"),
+    f32 = paper.get("float32", {})
+    add("utilisation", "training utilisation at `paper`, float32 (wall, "
+        "paired; best/best " + _f(f32.get("utilisation_best"), 3)
+        + ", CPU time " + _f(f32.get("utilisation_cpu"), 3) + ")",
+        f32.get("utilisation"),
         "the step's work that is not multiply-adds (batch norm, ReLU, "
         "pooling, dropout, Adam: memory-bound, not counted as FLOPs) and "
         "oneDNN's convolutions below the matmul peak; see What was tried")
@@ -1090,9 +1095,10 @@ def render_report(results):
     lines += ["## 2. Training step", "",
               "`CrossDomainModel.train_on_batch` (forward, backward, Adam "
               "update: the step `fit` runs) on a fixed random batch; the "
-              "first step (tracing) is not timed. Each round times one "
-              "step per precision and a float32 and bfloat16 matmul sample "
-              "between them.", "",
+              "first step (tracing) and a first full round (still 1.3-1.8x "
+              "slower) are not timed. Each round times one step per "
+              "precision, each after a matmul sample (~0.5 s) of its "
+              "dtype.", "",
               "FLOPs per image = 3 x `count_flops` (the forward "
               "multiply-adds x 2 of every conv and dense layer): the "
               "backward pass computes the gradient of each layer's input "

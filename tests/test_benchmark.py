@@ -218,9 +218,11 @@ def test_quick_speed_run_writes_a_consistent_report(tmp_path):
         for precision in speed.PRECISIONS:
             r = s[precision]
             assert r["images_per_second"] > 0
-            assert r["utilisation"] == pytest.approx(
+            assert r["utilisation_best"] == pytest.approx(
                 run["train"] * r["images_per_second"] / 1e9
                 / s["peak_gflops"])
+            assert r["utilisation"] > 0
+            assert len(run["steps"][precision]) == run["rounds"]
             assert s["peak_gflops"] >= peak
             # The utilisation row of the table shows the same number.
             row = next(line for line in report.splitlines()
