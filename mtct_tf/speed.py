@@ -980,9 +980,9 @@ def target_rows(results):
         pre = results["pipeline"]["preset"]
         bound = ""
         if "expected" in p:
+            own = p["alone"][results["pipeline"]["image_size"]]["cpu_ms"]
             bound = (f"expected T / (T + P) = {_f(p['expected'], 3)}: the "
-                     f"pipeline's own work (P = "
-                     f"{_f(p['alone'][results['pipeline']['image_size']]['cpu_ms'], 3)}"
+                     f"pipeline's own work (P = {_f(own, 3)}"
                      f" CPU-ms per image) runs on the cores the step uses "
                      f"(T = {_f(p['train_cpu_ms'], 3)} CPU-ms per image); "
                      "on a GPU host it would run beside the step")
