@@ -593,8 +593,7 @@ def summarize(results):
                 "images_per_second": ips,
                 "images_per_second_median": ips_med,
                 "gflops": flops * ips / 1e9,
-                "utilisation": median(paired) if paired
-                else flops * ips / 1e9 / ref,
+                "utilisation": median(paired),
                 "utilisation_best": flops * ips / 1e9 / ref,
                 "gflops_per_cpu_s": flops * run["batch_size"] / cpu / 1e9,
                 "utilisation_cpu": (flops * run["batch_size"] / cpu / 1e9
@@ -852,7 +851,9 @@ TRIED = (
      "`paper` batch 8, fused batch norm: 4.15 -> 1.79 CPU-s per step "
      "(2.3x), 2.4x wall; `small`: 1.0-1.1x: its 24-256-channel convs at "
      "64 px are bound by memory traffic and per-op overhead, which "
-     "bfloat16 does not shrink (and the casts add some)",
+     "bfloat16 does not shrink (and the casts add some); later runs on a "
+     "quiet machine measured 0.67-0.70x for `small`, which led to the "
+     "float32 batch norm / ReLU / pooling row below",
      "as an option (`runtime.mixed_precision=mixed_bfloat16`); measured "
      "again below on every run"),
     ("`TF_ENABLE_ONEDNN_OPTS=0` (Eigen kernels instead of oneDNN)",
@@ -865,7 +866,8 @@ TRIED = (
      "utilisation (median of 3 rounds) 0.865, 0.834, 0.888: no batch "
      "effect beyond the noise (single rounds ranged 0.74-1.31)",
      "the benchmark stays at 16 (the `paper` experiment trains at 64; "
-     "its 6.9 GB peak RSS and 18 s steps would double the run time)"),
+     "its 18 s steps and 6.9 GB peak RSS would add minutes to a run "
+     "meant to fit in 10)"),
     ("`mixed_bfloat16` with the trunk's batch norm, ReLU and max-pooling "
      "kept in float32 (only convolutions in bfloat16)",
      "CPU-ms per step, medians of alternating steps in one process: "
