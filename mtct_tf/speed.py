@@ -801,11 +801,13 @@ def run_speed(out_path="docs/BENCHMARKS.md", *, quick=False, detector=None,
     summarize(results)
 
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    with open(out_path, "w", encoding="utf-8") as f:
-        f.write(render_report(results))
     json_path = json_path or os.path.splitext(out_path)[0] + ".json"
-    with open(json_path, "w", encoding="utf-8") as f:
-        json.dump(results, f, indent=1)
+    # Written whole or not at all: a kill here keeps the previous report.
+    for path, text in ((json_path, json.dumps(results, indent=1)),
+                       (out_path, render_report(results))):
+        with open(f"{path}.tmp", "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(f"{path}.tmp", path)
     log(f"[speed] {results['seconds']:.0f} s; wrote {out_path} and "
         f"{json_path}")
     if own_tmp:
