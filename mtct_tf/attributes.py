@@ -39,9 +39,13 @@ class Attribute:
                 "Attribute names must be non-empty identifiers (letters, "
                 f"digits, '_'). Received: name={self.name!r}"
             )
-        if len(self.values) < 2:
+        # A softmax needs two values to choose between; a multilabel group
+        # of one binary attribute is a single sigmoid and is fine.
+        least = 1 if self.kind == MULTILABEL else 2
+        if len(self.values) < least:
             raise ValueError(
-                f"Attribute {self.name!r} needs at least 2 values. "
+                f"Attribute {self.name!r} ({self.kind}) needs at least "
+                f"{least} value{'s' if least > 1 else ''}. "
                 f"Received: values={self.values!r}"
             )
         if len(set(self.values)) != len(self.values):

@@ -238,12 +238,17 @@ class MTN(keras.Model):
             )
         kinds = {name: kinds.get(name, attributes_lib.SOFTMAX)
                  for name in num_values}
+        # A multilabel head of one binary attribute is one sigmoid; a
+        # softmax needs two values.
         if not num_values or any(
-            not isinstance(n, int) or n < 2 for n in num_values.values()
+            not isinstance(n, int)
+            or n < (1 if kinds[name] == attributes_lib.MULTILABEL else 2)
+            for name, n in num_values.items()
         ):
             raise ValueError(
-                "`num_values` must map attribute names to integers >= 2. "
-                f"Received: num_values={num_values}"
+                "`num_values` must map attribute names to integers >= 2 "
+                "(>= 1 for multilabel heads). "
+                f"Received: num_values={num_values}, kinds={kinds}"
             )
         if "embedding" in num_values:
             raise ValueError(

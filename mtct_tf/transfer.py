@@ -26,7 +26,10 @@ Every component and the total are tracked by our own metrics (Keras 3's
 accuracy over labelled images) or, for a multilabel head,
 ``<attribute>_top3_recall`` (the fraction of positive labels ranked among the
 head's 3 highest scores of their image; binary accuracy would be swamped by
-the negatives).
+the negatives). A multilabel head of 3 values or fewer ranks every value
+among its 3 best, so its recall would be 1 by construction: it tracks
+``<attribute>_binary_acc`` (known labels predicted at the 0.5 threshold)
+instead.
 
 Under a ``tf.distribute`` strategy each replica holds a share of the global
 batch and the optimiser sums the replicas' gradients. Each masked mean is
@@ -162,7 +165,9 @@ class CrossDomainModel(keras.Model):
             a: _mean_loss(f"{a}_acc") for a in self.attribute_names
             if self.kinds[a] == attributes_lib.SOFTMAX}
         self.attr_recall = {
-            a: _mean_loss(f"{a}_top{TRACKED_TOP_K}_recall")
+            a: _mean_loss(f"{a}_top{TRACKED_TOP_K}_recall"
+                          if street.num_values[a] > TRACKED_TOP_K
+                          else f"{a}_binary_acc")
             for a in self.attribute_names
             if self.kinds[a] == attributes_lib.MULTILABEL}
 
@@ -304,8 +309,13 @@ class CrossDomainModel(keras.Model):
         y = tf.cast(labels, tf.int32)
         self.attr_loss[a].update_state(
             loss, sample_weight=tf.minimum(known, 1.0))
-        k = min(TRACKED_TOP_K, pred.shape[-1])
-        top = tf.math.top_k(pred, k=k).indices
+        if pred.shape[-1] <= TRACKED_TOP_K:
+            hit = tf.cast(tf.equal(tf.cast(pred >= 0.5, tf.int32), y),
+                          tf.float32)
+            known = tf.cast(y >= 0, tf.float32)
+            self.attr_recall[a].update_state(hit, sample_weight=known)
+            return
+        top = tf.math.top_k(pred, k=TRACKED_TOP_K).indices
         in_top = tf.reduce_max(tf.one_hot(top, pred.shape[-1]), axis=-2)
         positive = tf.cast(tf.equal(y, 1), tf.float32)
         self.attr_recall[a].update_state(in_top, sample_weight=positive)

@@ -87,16 +87,22 @@ def _c2s_name(item, file):
     return f"img/{group}/{category}/{item}/{file}"
 
 
-def build_c2s(root):
-    """Consumer-to-shop in its distributed layout; returns expectations."""
+def build_c2s(root, attrs=C2S_ATTRS, types=C2S_TYPES, extra_columns=()):
+    """Consumer-to-shop in its distributed layout; returns expectations.
+
+    ``extra_columns`` (one file-coded value per item of ``C2S_ITEMS``) are
+    appended to the attribute rows, for ``attrs`` longer than the default.
+    """
     anno = os.path.join(root, "Anno")
     _write(os.path.join(anno, "list_attr_cloth.txt"), _table(
         "attribute_name  attribute_type",
-        [(f"{cn} {en}", t) for cn, en, t in C2S_ATTRS], widths=24))
+        [(f"{cn} {en}", t) for cn, en, t in attrs], widths=24))
     _write(os.path.join(anno, "list_attr_type.txt"),
-           [str(len(C2S_TYPES)), "attribute_type_name"]
-           + [f"{cn} {en}" for cn, en in C2S_TYPES])
-    rows = [(item, *v) for item, (_, _, _, v) in C2S_ITEMS.items() if v]
+           [str(len(types)), "attribute_type_name"]
+           + [f"{cn} {en}" for cn, en in types])
+    extra = dict(zip(C2S_ITEMS, extra_columns))
+    rows = [(item, *v, *([extra[item]] if item in extra else []))
+            for item, (_, _, _, v) in C2S_ITEMS.items() if v]
     _write(os.path.join(anno, "list_attr_items.txt"),
            _table("item_id  attribute_labels", rows))
     _write(os.path.join(anno, "list_item_consumer2shop.txt"),
@@ -680,6 +686,35 @@ def test_train_step_loss_and_recall_against_numpy():
                                np.mean(hits), rtol=1e-6)
 
 
+def test_small_multilabel_heads_track_binary_accuracy_against_numpy():
+    """Heads of <= 3 values track accuracy at 0.5 (their top-3 recall is 1)."""
+    net = model_lib.MTN({"category": 3, "hood": 1, "colour": 4},
+                        preset="tiny", image_size=16, dropout=0.0,
+                        kinds={"hood": MULTILABEL, "colour": MULTILABEL})
+    trainer = transfer.CrossDomainModel(net)
+    trainer.compile(optimizer=keras.optimizers.SGD(0.0))
+    names = [m.name for m in trainer.metrics]
+    assert "hood_binary_acc" in names and "colour_top3_recall" in names
+    x = np.random.default_rng(2).uniform(0, 255, (6, 16, 16, 3))
+    x = x.astype("float32")
+    y = {"category": np.array([0, 2, -1, 1, 0, 1], np.int32),
+         "hood": np.array([[1], [0], [-1], [1], [0], [0]], np.int32),
+         "colour": np.zeros((6, 4), np.int32)}
+    out = net.predict_on_batch(x)
+    p = np.asarray(out["hood"], np.float64)[:, 0]
+    # Move the threshold between the scores so both outcomes occur.
+    bias = net.get_layer("hood_logits").bias
+    bias.assign(bias.numpy() - np.log(np.median(p) / (1 - np.median(p))))
+    p = np.asarray(net.predict_on_batch(x)["hood"], np.float64)[:, 0]
+    logs = trainer.test_step((x, y))
+    t = y["hood"][:, 0]
+    known = t >= 0
+    expected = np.mean((p[known] >= 0.5).astype(int) == t[known])
+    assert 0 < expected < 1
+    np.testing.assert_allclose(float(logs["hood_binary_acc"]), expected,
+                               rtol=1e-6)
+
+
 def test_evaluate_multilabel_against_numpy():
     rng = np.random.default_rng(3)
     n = 40
@@ -738,7 +773,9 @@ def test_c2s_end_to_end_mtct_and_evaluation(c2s, tmp_path):
                         verbose=0)
     assert set(done) == {"shop", "street"}
     history = open(os.path.join(model_dir, "street", "history.csv")).read()
-    assert "colour_top3_recall" in history and "category_acc" in history
+    # colour has 3 values: every one is in its top 3, so it tracks accuracy.
+    assert "colour_binary_acc" in history and "category_acc" in history
+    assert "top3_recall" not in history
     results = evaluation.evaluate(model_dir, split="test", domain="street",
                                   batch_size=4)
     ml = results["multilabel"]
@@ -754,6 +791,70 @@ def test_c2s_end_to_end_mtct_and_evaluation(c2s, tmp_path):
         assert os.path.isfile(reports[0][:-len(".md")] + suffix)
     with open(reports[0]) as f:
         assert "top-3 recall" in f.read()
+
+
+def test_single_attribute_type_converts_trains_evaluates_and_exports(
+        tmp_path):
+    """A type of one binary attribute is a one-sigmoid multilabel head."""
+    from mtct_tf import export_lib
+
+    root, out = str(tmp_path / "c2s"), str(tmp_path / "out")
+    # Type 4 ("hood") holds a single attribute; items 1-5 have a row.
+    build_c2s(root, attrs=C2S_ATTRS + [("连帽", "hooded", 4)],
+              types=C2S_TYPES + [("帽子", "hood")],
+              extra_columns=[1, -1, 0, 1, -1])
+    deepfashion.convert_consumer2shop(root, out)
+    schema = AttributeSchema.load(os.path.join(out, "schema.json"))
+    assert schema.names == ("category", "colour", "pattern", "sleeve",
+                            "hood")
+    assert schema["hood"].values == ("hooded",)
+    assert schema["hood"].kind == MULTILABEL
+    shards = os.path.join(out, "shards")
+    convert.convert_manifest(os.path.join(out, "manifest.jsonl"), shards,
+                             num_shards=1, workers=1, progress=False)
+    train = _records(shards, "train", pipeline.load_schema(shards))
+    # 1 / -1 / 0 in the file -> 1 / 0 / -1 (unknown).
+    assert train[_c2s_name("id_00000001", "shop_01.jpg")]["labels"][
+        "hood"] == [1]
+    assert train[_c2s_name("id_00000002", "shop_01.jpg")]["labels"][
+        "hood"] == [0]
+    assert train[_c2s_name("id_00000003", "shop_01.jpg")]["labels"][
+        "hood"] == [MISSING]
+
+    model_dir = str(tmp_path / "run")
+    done = training.run(_config("deepfashion_c2s", shards), model_dir,
+                        verbose=0)
+    assert set(done) == {"shop", "street"}
+    history = open(os.path.join(model_dir, "street", "history.csv")).read()
+    assert "hood_binary_acc" in history
+    results = evaluation.evaluate(model_dir, split="test", domain="street",
+                                  batch_size=4)
+    ml = results["multilabel"]
+    assert list(ml["groups"]) == ["colour", "pattern", "sleeve", "hood"]
+    assert ml["num_attributes"] == 9
+
+    net = training.load_mtn(os.path.join(model_dir, "street", "model.keras"))
+    assert net.num_values["hood"] == 1
+    version_dir = export_lib.export_saved_model(net, schema,
+                                                str(tmp_path / "serving"))
+    loaded = tf.saved_model.load(version_dir)
+    image = np.random.RandomState(0).uniform(0, 255, (2, S, S, 3))
+    served = loaded.signatures["serving_tensors"](
+        images=tf.constant(image, tf.float32))
+    expected = net(image.astype("float32"), training=False)["hood"]
+    probs = served["hood_probabilities"].numpy()
+    assert probs.shape == (2, 1)
+    np.testing.assert_allclose(probs, expected, atol=1e-5)
+    assert np.all((probs > 0) & (probs < 1))
+    assert served["hood_value"].numpy().tolist() == [b"hooded"] * 2
+
+    from mtct_tf import predicting
+    photo = glob.glob(os.path.join(root, "Img", "img", "*", "*", "*",
+                                   "comsumer_01.jpg"))[0]
+    for model in (version_dir, model_dir):
+        top = predicting.load_predictor(model).predict_file(photo).top
+        assert [v for v, _ in top["hood"]] == ["hooded"]
+        assert 0 < top["hood"][0][1] < 1
 
 
 def test_attributes_end_to_end_one_stage_and_evaluation(attr_data, tmp_path):

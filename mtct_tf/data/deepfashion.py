@@ -487,34 +487,22 @@ def group_attributes(names_types, type_names, reserved=("category",)):
 
     Returns:
         ``[(Attribute, [indices into the file's attribute list]), ...]`` in
-        type order. Groups of a single attribute cannot be a head of their
-        own (a schema attribute has >= 2 values): they are merged into one
-        ``other`` group.
+        type order, one group per type; a type of a single attribute is a
+        head of one sigmoid.
     """
     by_type = collections.defaultdict(list)
     for index, (_, kind) in enumerate(names_types):
         by_type[kind].append(index)
-    groups, single = [], []
     taken = set(reserved) | {"embedding"}
+    out = []
     for kind in sorted(by_type):
         indices = by_type[kind]
-        if len(indices) < 2:
-            single += indices
-            continue
-        groups.append((type_names.get(kind, f"type_{kind}"), indices))
-    if single:
-        groups.append(("other", sorted(single)))
-    out = []
-    for name, indices in groups:
-        base, k = name, 2
+        base = name = type_names.get(kind, f"type_{kind}")
+        k = 2
         while name in taken:
             name, k = f"{base}_{k}", k + 1
         taken.add(name)
         values = unique_names([names_types[i][0] for i in indices])
-        if len(values) < 2:
-            raise AnnotationError(
-                f"attribute group {name!r} has a single attribute; a "
-                "multilabel group needs at least 2")
         out.append((attributes.Attribute(name, tuple(values),
                                          attributes.MULTILABEL), indices))
     return out
