@@ -1017,6 +1017,27 @@ def target_rows(results):
     return rows
 
 
+def _bfloat16_hardware_note(flags):
+    """What the ``mixed_bfloat16`` figures of this report depend on."""
+    if "amx_bf16" in flags:
+        kernel = ("this CPU has AMX-BF16, whose tile units multiply "
+                  "bfloat16 matrices")
+    elif "avx512_bf16" in flags:
+        kernel = ("this CPU has AVX512_BF16 but no AMX, so bfloat16 dot "
+                  "products run on the vector units, a smaller gain than "
+                  "AMX tiles give")
+    else:
+        kernel = ("this CPU has neither AMX-BF16 nor AVX512_BF16, so "
+                  "bfloat16 is converted in software and is not expected "
+                  "to beat float32")
+    return (
+        "The `mixed_bfloat16` figures depend on the CPU's bfloat16 units, "
+        "which oneDNN uses when `TF_ENABLE_ONEDNN_OPTS` is on: "
+        f"{kernel}. Section 1 gives the measured bfloat16 / float32 matmul "
+        "ratio; compare reports of different CPUs by their `relevant "
+        "flags` row.")
+
+
 def render_report(results):
     """The Markdown of ``docs/BENCHMARKS.md``."""
     m = results["machine"]
@@ -1063,6 +1084,8 @@ def render_report(results):
         "the cores: wall-clock numbers then understate this code, and the "
         "CPU-time columns (work per CPU-second of this process) are the "
         "steadier view.",
+        "",
+        _bfloat16_hardware_note(m["flags"]),
         "",
         "## Targets",
         "",

@@ -143,6 +143,12 @@ def test_summary_arithmetic_and_report():
         assert section in report
     assert "not met (-0.450)" in report  # Serving: 0.5 vs 0.95.
     assert "not measured: pass --detector" in report
+    # The fixture's CPU has AVX-512 but no bfloat16 units.
+    assert "neither AMX-BF16 nor AVX512_BF16" in report
+    for flags, says in ((["avx512_bf16"], "AVX512_BF16 but no AMX"),
+                        (["avx512_bf16", "amx_bf16"], "has AMX-BF16")):
+        results["machine"]["flags"] = flags
+        assert says in speed.render_report(results)
 
 
 def test_cli_dispatches_speed_subcommand(monkeypatch):
