@@ -34,9 +34,13 @@ to the original photo), ``box_pixels`` (the same in original pixels),
 [B]). ``serving_tensors`` stays detector-free.
 
 Every output has the batch as its first dimension, as TF Serving's request
-batching requires.
+batching requires. The SavedModel loads both ways: through the MetaGraph
+and its restore op (TF Serving, ``saved_model_cli run``,
+``tf.compat.v1.saved_model.loader.load``) and through the object graph
+(``tf.saved_model.load``); see ``ServingModule``.
 """
 
+import functools
 import json
 import os
 import re
@@ -173,6 +177,19 @@ def choose_box(detections, height, width, *, min_score, class_id):
     return box_pixels / size, box_pixels, score, detected
 
 
+def captured_variables(functions):
+    """The tf.Variables that tf.functions with input signatures read.
+
+    Each function is traced (once: the trace is cached) and its captured
+    variables collected, without duplicates, in a stable order.
+    """
+    found = {}
+    for fn in functions:
+        for v in fn.get_concrete_function().variables:
+            found.setdefault(id(v), v)
+    return list(found.values())
+
+
 class ServingModule(tf.Module):
     """The exported graph: preprocessing, optional detector, MTN, names.
 
@@ -195,7 +212,10 @@ class ServingModule(tf.Module):
         if margin < 0:
             raise ValueError(
                 f"`margin` must be >= 0. Received: margin={margin}")
-        self.net = net
+        # Held through a plain callable, which tf.Module does not track: the
+        # object graph gets the model's tf.Variables (below), not the model.
+        self._net = functools.partial(net, training=False)
+        self._embedding_dim = int(net.output["embedding"].shape[-1])
         self._schema = schema
         self._size = int(net.image_size)
         self._margin = float(margin)
@@ -212,18 +232,27 @@ class ServingModule(tf.Module):
             self._serve_tensors,
             input_signature=[tf.TensorSpec(
                 [None, self._size, self._size, 3], tf.float32, name=INPUT)])
+        # Keras 3 variables are not tf.Variables. Saved through a tracked
+        # Keras model, each is exported as a new tf.Variable initialised
+        # from the one the graph reads, and the MetaGraph's restore op (all
+        # that TF Serving and the TF1 session loader run) fills the new
+        # one: the variables the signatures read stay uninitialised, "Could
+        # not find variable ...". Tracking the tf.Variables the traced
+        # signatures capture saves each weight once, as the variable the
+        # graph reads, which both loaders restore.
+        self._serving_variables = captured_variables(
+            [self.serve_images, self.serve_tensors])
 
     def signatures(self):
         return {SIGNATURE_IMAGES: self.serve_images,
                 SIGNATURE_TENSORS: self.serve_tensors}
 
     def _net_outputs(self, images):
-        out = self.net(images, training=False)
+        out = self._net(images)
         return {k: tf.cast(v, tf.float32) for k, v in out.items()}
 
     def _empty_outputs(self):
-        dims = {**self._schema.num_values,
-                "embedding": int(self.net.output["embedding"].shape[-1])}
+        dims = {**self._schema.num_values, "embedding": self._embedding_dim}
         return {k: tf.zeros([0, d], tf.float32) for k, d in dims.items()}
 
     def _heads(self, images):

@@ -398,6 +398,8 @@ def measure_serving(data_dir, export_dir, preset, batch_size, rounds,
     name = _schema().names[0]
     max_diff = float(abs(a[f"{name}_probabilities"].numpy()
                          - b[name]).max())
+    session_diff = _session_loader_diff(
+        tf, version, jpegs, f"{name}_probabilities", b[name])
     for fn in calls.values():  # Warm up at both batch sizes.
         fn(1)
         fn(batch_size)
@@ -419,7 +421,29 @@ def measure_serving(data_dir, export_dir, preset, batch_size, rounds,
     return {"preset": preset, "precision": precision,
             "batch_size": batch_size, "image_size": size,
             "jpeg_size": len(jpegs[0]), "export_seconds": export_seconds,
-            "max_abs_diff": max_diff, "samples": samples}
+            "max_abs_diff": max_diff, "session_max_abs_diff": session_diff,
+            "samples": samples}
+
+
+def _session_loader_diff(tf, version_dir, jpegs, key, reference):
+    """Max |output - reference| of one batch run as TF Serving runs it.
+
+    TF Serving (and ``saved_model_cli run``) load the MetaGraph, run the
+    saver's restore op and feed the signature's tensors by name, a path
+    ``tf.saved_model.load`` does not take: a SavedModel can pass one and
+    fail the other. Raises if the session loader cannot run the model, so
+    no serving number is ever reported for a model TF Serving cannot load.
+    """
+    from mtct_tf import export_lib
+
+    graph = tf.Graph()
+    with graph.as_default(), tf.compat.v1.Session(graph=graph) as sess:
+        meta = tf.compat.v1.saved_model.loader.load(
+            sess, [tf.saved_model.SERVING], version_dir)
+        sig = meta.signature_def[export_lib.SIGNATURE_IMAGES]
+        out = sess.run(sig.outputs[key].name,
+                       {sig.inputs[export_lib.INPUT].name: jpegs})
+    return float(abs(out - reference).max())
 
 
 def measure_render(data_dir, items, image_size, workers):
@@ -917,6 +941,11 @@ def _f(x, digits=1):
     return f"{x:,.{digits}f}"
 
 
+def _sci(x):
+    # Results written before the session-loader check have no value.
+    return "not run" if x is None else f"{x:.1e}"
+
+
 def _table(header, rows):
     out = ["| " + " | ".join(header) + " |",
            "|" + "|".join("---" for _ in header) + "|"]
@@ -1241,7 +1270,11 @@ def render_report(results):
                   "`predict_on_batch` on the same images already decoded "
                   "and resized as the serving graph does it. Rounds "
                   "alternate the two paths; ratio = median of per-round "
-                  "ratios.", ""]
+                  "ratios. The timed model is reloaded with "
+                  "`tf.saved_model.load`; one batch is also run through "
+                  "the TF1 session loader (MetaGraph, restore op, tensor "
+                  "names: TF Serving's path), whose difference from "
+                  "Keras is the last column.", ""]
         rows = []
         for v in results["serving"]:
             s = v["summary"]
@@ -1251,12 +1284,13 @@ def render_report(results):
                 _f(s["throughput_ratio"], 3),
                 _f(s["throughput_ratio_cpu"], 3),
                 _f(s["savedmodel_latency_ms"], 2),
-                _f(s["keras_latency_ms"], 2), f"{v['max_abs_diff']:.1e}"))
+                _f(s["keras_latency_ms"], 2), f"{v['max_abs_diff']:.1e}",
+                _sci(v.get("session_max_abs_diff"))))
         lines += _table((
             "preset", f"SavedModel JPEG img/s (batch {v0['batch_size']})",
             "Keras tensors img/s", "ratio (wall)", "ratio (CPU)",
             "SavedModel batch-1 ms", "Keras batch-1 ms",
-            "max prob. difference"), rows)
+            "max prob. difference", "same, TF1 session loader"), rows)
         rows = [(v["preset"], _f(v["summary"].get("keras_ms"), 3),
                  _f(v["summary"].get("graph_ms"), 3),
                  _f(v["summary"].get("graph_ratio"), 3),

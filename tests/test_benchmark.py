@@ -72,6 +72,7 @@ def _fake_results():
                                  }}},
         "serving": [{"preset": "small", "batch_size": 4, "image_size": 64,
                      "jpeg_size": 1000, "max_abs_diff": 1e-7,
+                     "session_max_abs_diff": 3e-8,
                      "peak_rss_mb": 800.0,
                      "samples": {
                          "savedmodel_jpeg": {
@@ -142,6 +143,9 @@ def test_summary_arithmetic_and_report():
     for section in SECTIONS:
         assert section in report
     assert "not met (-0.450)" in report  # Serving: 0.5 vs 0.95.
+    row = next(line for line in report.splitlines()
+               if line.startswith("| small |") and "| 1.0e-07 |" in line)
+    assert row.endswith("| 3.0e-08 |")  # The session-loader check.
     assert "not measured: pass --detector" in report
     # The fixture's CPU has AVX-512 but no bfloat16 units.
     assert "neither AMX-BF16 nor AVX512_BF16" in report
@@ -241,6 +245,7 @@ def test_quick_speed_run_writes_a_consistent_report(tmp_path):
     for v in results["serving"]:
         assert v["summary"]["savedmodel_images_per_second"] > 0
         assert v["max_abs_diff"] < 1e-4  # Same graph, same images.
+        assert v["session_max_abs_diff"] < 1e-4  # As TF Serving loads it.
     for name in ("render", "convert"):
         assert results[name]["images_per_second"] > 0
         assert results[name]["peak_rss_mb"] > 0

@@ -74,6 +74,55 @@ def make_scenes(root, n, *, size=(64, 80), seed=0, no_box=()):
     return path, boxes
 
 
+def jpeg_of(root, name):
+    """A street scene re-encoded as JPEG bytes."""
+    import io
+
+    buf = io.BytesIO()
+    with Image.open(os.path.join(root, "img", name)) as im:
+        im.convert("RGB").save(buf, "JPEG", quality=92)
+    return buf.getvalue()
+
+
+def check_mtn_export_with_detector(detector_export, encoded, base_dir):
+    """The MTN exported with this Model Garden detector inside.
+
+    Run by TF Serving's loader (TF1 session, tensor names) it must give
+    what the TF2 reload gives, and the Keras model's outputs on the crop
+    of the box it reports.
+    """
+    import tensorflow as tf
+    from test_export import (
+        SCHEMA as MTN_SCHEMA,
+        TOL,
+        keras_reference,
+        make_net,
+        max_abs_diff,
+        run_session,
+    )
+
+    from mtct_tf import export_lib
+
+    net = make_net()
+    version_dir = export_lib.export_saved_model(
+        net, MTN_SCHEMA, base_dir, margin=0.1, detector=detector_export,
+        min_score=0.0, class_id=None)
+    got = run_session(version_dir, export_lib.SIGNATURE_IMAGES, encoded)
+    assert sorted(got) == sorted(
+        export_lib.output_keys(MTN_SCHEMA, with_detector=True))
+    fn = tf.saved_model.load(version_dir).signatures[
+        export_lib.SIGNATURE_IMAGES]
+    for k, v in fn(images=tf.constant(encoded)).items():
+        v = v.numpy()
+        if v.dtype.kind in "SO":
+            assert list(got[k]) == list(v.astype(str)), k
+        else:
+            np.testing.assert_allclose(got[k], v, atol=TOL, err_msg=k)
+    assert got["detected"].all()  # min_score 0: every photo has a box.
+    _, ref = keras_reference(net, encoded, got["box"], margin=0.1)
+    assert max_abs_diff(got, ref) <= TOL
+
+
 def read_records(pattern):
     import tensorflow as tf
 
@@ -483,6 +532,10 @@ def test_train_evaluate_export_crop_end_to_end(tmp_path):
                                    atol=1e-4)
     np.testing.assert_allclose(by_tensor["image_info"].numpy()[0],
                                [[96, 128], [128, 128], [1, 1], [0, 0]])
+
+    check_mtn_export_with_detector(os.path.join(model_dir, "export"),
+                                   [png, jpeg_of(root, "street-1.png")],
+                                   str(tmp_path / "serving"))
 
     out = str(tmp_path / "crops")
     stats = detector.crop_with_detector(

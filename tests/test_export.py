@@ -1,7 +1,11 @@
 """Export: TF Serving SavedModels (with and without detector) and .keras.
 
-The SavedModels are reloaded in a fresh Python process that imports only
-TensorFlow, and compared with the Keras model on the same images.
+The SavedModels are loaded two ways and compared with the Keras model on the
+same images: with ``tf.saved_model.load`` (the TF2 object graph) in a fresh
+Python process that imports only TensorFlow, and with the TF1 session loader
+(``tf.compat.v1.saved_model.loader.load``: the MetaGraph, the saver's restore
+op, then the signature's tensors by name), which is the path TF Serving's
+C++ ``LoadSavedModel`` and ``saved_model_cli run`` take.
 """
 
 import io
@@ -234,6 +238,55 @@ def photos():
     ]
 
 
+def more_photos():
+    """``photos()`` plus a greyscale JPEG and a larger colour JPEG."""
+    return photos() + [
+        encode(make_image(45, 38, seed=6, grey=True), "JPEG"),
+        encode(make_image(90, 70, seed=7), "JPEG"),
+    ]
+
+
+def run_session(version_dir, signature, images):
+    """Runs a signature the way TF Serving does: TF1 loader, tensor names.
+
+    ``tf.compat.v1.saved_model.loader.load`` imports the MetaGraph into a
+    fresh graph and runs the saver's restore op; the signature is then run
+    by its input and output tensor names in a ``tf.compat.v1.Session``.
+
+    Returns:
+        output key -> numpy array (strings as ``str``).
+    """
+    graph = tf.Graph()
+    with graph.as_default(), tf.compat.v1.Session(graph=graph) as sess:
+        meta = tf.compat.v1.saved_model.loader.load(
+            sess, [tf.saved_model.SERVING], version_dir)
+        sig = meta.signature_def[signature]
+        assert list(sig.inputs) == [export_lib.INPUT]
+        fetches = {k: t.name for k, t in sig.outputs.items()}
+        out = sess.run(fetches, {sig.inputs[export_lib.INPUT].name: images})
+    return {k: (v.astype(str) if v.dtype.kind in "SO" else v)
+            for k, v in out.items()}
+
+
+def max_abs_diff(got, ref, n=None):
+    """Largest |SavedModel - Keras| over the probabilities and embedding.
+
+    Also checks the index and value outputs against the Keras argmax.
+    """
+    n = len(ref["embedding"]) if n is None else n
+    diff = np.max(np.abs(got["embedding"] - ref["embedding"][:n]))
+    for a in SCHEMA:
+        probs = ref[a.name][:n]
+        assert got[f"{a.name}_probabilities"].shape == (n, a.num_values)
+        diff = max(diff, np.max(np.abs(got[f"{a.name}_probabilities"]
+                                       - probs)))
+        np.testing.assert_array_equal(got[f"{a.name}_index"],
+                                      np.argmax(probs, -1))
+        assert list(got[f"{a.name}_value"]) == [
+            a.values[k] for k in np.argmax(probs, -1)]
+    return float(diff)
+
+
 # --------------------------------------------------------------------------
 # Fixtures: one export of each kind, shared by the tests of this module.
 
@@ -347,6 +400,81 @@ def test_saved_model_cli_lists_the_signatures(exported_with_detector):
                  "outputs['embedding']"):
         assert name in text, name
     assert "DT_STRING" in text and f"(-1, {SIZE}, {SIZE}, 3)" in text
+
+
+def test_session_loader_matches_keras(exported):
+    # TF Serving's path: a variable the restore op misses fails every
+    # request with "Could not find variable ...".
+    net, _, version_dir = exported
+    encoded = more_photos()
+    crops, ref = keras_reference(net, encoded)
+    assert np.ptp(ref["colour"], axis=0).max() > 0.05
+    diffs = []
+    for n in (1, len(encoded)):
+        got = run_session(version_dir, export_lib.SIGNATURE_IMAGES,
+                          encoded[:n])
+        assert sorted(got) == sorted(export_lib.output_keys(SCHEMA))
+        diffs.append(max_abs_diff(got, ref, n))
+    got = run_session(version_dir, export_lib.SIGNATURE_TENSORS, crops)
+    diffs.append(max_abs_diff(got, ref))
+    print(f"max abs diff session loader vs Keras: {max(diffs):.3g}")
+    assert max(diffs) <= TOL
+    empty = run_session(version_dir, export_lib.SIGNATURE_IMAGES,
+                        np.array([], object))
+    assert empty["colour_probabilities"].shape == (0, 3)
+
+
+def test_session_loader_with_detector_matches_keras(exported_with_detector):
+    net, _, version_dir = exported_with_detector
+    encoded = more_photos()
+    # FakeDetector scores dark photos (mean < 25) below min_score: those
+    # fall back to the whole photo.
+    dark = [float(tf.reduce_mean(tf.cast(pipeline.decode_image(b),
+                                         tf.float32))) < 25.0
+            for b in encoded]
+    assert any(dark) and not all(dark)
+    expected = [[0.0, 0.0, 1.0, 1.0] if d else FAKE_BOXES[0] for d in dark]
+    crops, ref = keras_reference(net, encoded, expected, margin=0.1)
+    got = run_session(version_dir, export_lib.SIGNATURE_IMAGES, encoded)
+    assert sorted(got) == sorted(
+        export_lib.output_keys(SCHEMA, with_detector=True))
+    np.testing.assert_array_equal(got["detected"], np.logical_not(dark))
+    np.testing.assert_allclose(got["box_score"],
+                               np.where(dark, 0.0, 0.9), atol=1e-6)
+    np.testing.assert_allclose(got["box"], expected, atol=1e-5)
+    diff = max_abs_diff(got, ref)
+    # serving_tensors stays detector-free in the detector export.
+    tensors = run_session(version_dir, export_lib.SIGNATURE_TENSORS, crops)
+    assert sorted(tensors) == sorted(export_lib.output_keys(SCHEMA))
+    diff = max(diff, max_abs_diff(tensors, ref))
+    print(f"max abs diff session loader with detector: {diff:.3g}")
+    assert diff <= TOL
+
+
+def test_saved_model_cli_run_gives_every_output(exported_with_detector,
+                                                tmp_path):
+    net, _, version_dir = exported_with_detector
+    encoded = more_photos()[:3]
+    inputs = str(tmp_path / "in.npy")
+    np.save(inputs, np.array(encoded, dtype=object))
+    out = tmp_path / "out"
+    cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    proc = subprocess.run(
+        [cli, "run", "--dir", version_dir, "--tag_set", "serve",
+         "--signature_def", "serving_default",
+         "--inputs", f"images={inputs}", "--outdir", str(out)],
+        capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    keys = export_lib.output_keys(SCHEMA, with_detector=True)
+    assert sorted(os.listdir(out)) == sorted(f"{k}.npy" for k in keys)
+    got = {k: np.load(out / f"{k}.npy", allow_pickle=True) for k in keys}
+    got = {k: (v.astype(str) if v.dtype.kind in "SO" else v)
+           for k, v in got.items()}
+    # None of these three photos is dark: all cropped to box 0.
+    np.testing.assert_array_equal(got["detected"], [True] * 3)
+    _, ref = keras_reference(net, encoded, [FAKE_BOXES[0]] * 3, margin=0.1)
+    assert max_abs_diff(got, ref) <= TOL
 
 
 def test_malformed_bytes_give_invalid_argument(exported):
