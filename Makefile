@@ -14,8 +14,14 @@ $(STAMP): requirements.txt setup.cfg pyproject.toml
 	$(PY) -m pip install -q --no-deps -e .
 	touch $(STAMP)
 
+# The tests whose numbers depend on the CPU's kernels run twice: as the
+# machine has them (oneDNN where TensorFlow uses it) and on Eigen's kernels
+# (TF_ENABLE_ONEDNN_OPTS=0), the path of CPUs that oneDNN does not cover.
+KERNEL_TESTS := tests/test_losses.py tests/test_model.py tests/test_transfer.py \
+    tests/test_distribute.py tests/test_export.py
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not large"
+	TF_ENABLE_ONEDNN_OPTS=0 $(PY) -m pytest -q -m "not large" $(KERNEL_TESTS)
 
 test-large: $(STAMP)
 	$(PY) -m pytest -q -m large
