@@ -31,6 +31,7 @@ import time
 
 import numpy as np
 
+from mtct_tf import fileio
 from mtct_tf.data import features
 
 PRESETS = ("small", "paper")
@@ -366,10 +367,7 @@ def write_detection_records(entries, out_dir, *, domain=None,
         counts[split] = len(serialized)
     info = {"classes": list(CLASS_NAMES), "domain": domain,
             "images": counts, "skipped": skipped}
-    tmp = os.path.join(out_dir, RECORDS_INFO + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(info, f, indent=1)
-    os.replace(tmp, os.path.join(out_dir, RECORDS_INFO))
+    fileio.write_json(os.path.join(out_dir, RECORDS_INFO), info)
     return info
 
 
@@ -410,9 +408,7 @@ def _run(params, model_dir, mode):
 
 def _write_metrics(model_dir, metrics):
     path = os.path.join(model_dir, "eval_metrics.json")
-    with open(path + ".tmp", "w") as f:
-        json.dump(metrics, f, indent=1)
-    os.replace(path + ".tmp", path)
+    fileio.write_json(path, metrics)
     return path
 
 
@@ -820,10 +816,7 @@ def _write_crop_shards(out_dir, by_split, schema, stats, records_per_shard):
     summary = {"schema": schema.name, "attributes": list(schema.names),
                "records": sum(s["records"] for s in splits.values()),
                "splits": splits, "crop": stats.to_dict()}
-    tmp = os.path.join(out_dir, convert.SUMMARY + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(summary, f, indent=1)
-    os.replace(tmp, os.path.join(out_dir, convert.SUMMARY))
+    fileio.write_json(os.path.join(out_dir, convert.SUMMARY), summary)
     return summary
 
 

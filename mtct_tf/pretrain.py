@@ -46,7 +46,7 @@ import numpy as np
 import tensorflow as tf
 
 from mtct_tf import configs as configs_lib
-from mtct_tf import distribute, training
+from mtct_tf import distribute, fileio, training
 from mtct_tf.data import pipeline
 
 STAGE = "pretrain"
@@ -101,8 +101,7 @@ def save_trunk(net, path, metadata=None):
     """
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     variables = trunk_variables(net)
-    tmp = f"{path}.tmp"
-    with h5py.File(tmp, "w") as f:
+    with fileio.replacing(path) as tmp, h5py.File(tmp, "w") as f:
         f.attrs["format"] = FORMAT
         f.attrs["layer_keys"] = json.dumps(list(variables))
         f.attrs["metadata"] = json.dumps(metadata or {})
@@ -112,7 +111,6 @@ def save_trunk(net, path, metadata=None):
                 [w.name for w in weights])
             for i, w in enumerate(weights):
                 group.create_dataset(str(i), data=keras.ops.convert_to_numpy(w))
-    os.replace(tmp, path)
 
 
 def load_trunk(path):

@@ -42,6 +42,8 @@ import sys
 import tempfile
 import time
 
+from mtct_tf import fileio
+
 PAPER_BATCH = 16
 SMALL_BATCH = 32
 SERVE_BATCH = 32
@@ -805,9 +807,7 @@ def run_speed(out_path="docs/BENCHMARKS.md", *, quick=False, detector=None,
     # Written whole or not at all: a kill here keeps the previous report.
     for path, text in ((json_path, json.dumps(results, indent=1)),
                        (out_path, render_report(results))):
-        with open(f"{path}.tmp", "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(f"{path}.tmp", path)
+        fileio.write_text(path, text)
     log(f"[speed] {results['seconds']:.0f} s; wrote {out_path} and "
         f"{json_path}")
     if own_tmp:

@@ -26,7 +26,6 @@ import collections
 import dataclasses
 import glob
 import io
-import json
 import math
 import multiprocessing
 import os
@@ -38,7 +37,7 @@ import warnings
 import numpy as np
 from PIL import Image
 
-from mtct_tf import attributes
+from mtct_tf import attributes, fileio
 from mtct_tf.data import features
 from mtct_tf.data.manifest import ManifestError, read_manifest
 
@@ -372,11 +371,7 @@ def _remove(path):
 
 
 def _write_json(path, obj):
-    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1, sort_keys=False)
-        f.write("\n")
-    os.replace(tmp, path)
+    fileio.write_json(path, obj, newline=True)
 
 
 def _plan(entries, num_shards, seed):
