@@ -28,10 +28,11 @@ import warnings
 import keras
 import tensorflow as tf
 
-from mtct_tf import attributes as attributes_lib
 from mtct_tf import configs as configs_lib
-from mtct_tf import distribute
+from mtct_tf import distribute, fileio
 from mtct_tf import model as model_lib
+from mtct_tf import runs
+from mtct_tf import stages as stages_lib
 from mtct_tf import transfer
 from mtct_tf.data import features
 from mtct_tf.data import pipeline
@@ -40,39 +41,7 @@ from mtct_tf.data import triplets
 # Our datasets are shuffled by tf.data; Keras warns that fit can't.
 warnings.filterwarnings("ignore", message=".*`shuffle=True` was passed")
 
-# Method -> the stages it runs, in order.
-PLANS = {
-    "mtct": ("shop", "street"),
-    "ftt": ("shop", "street"),
-    "no_adapt": ("shop",),
-    "ud": ("united",),
-    "end_to_end": ("joint",),
-}
 STAGES = ("shop", "street", "united", "joint")
-# Beside each stage's model.keras: the schema it was trained with.
-SCHEMA_FILE = "schema.json"
-
-
-def final_stage(method):
-    return PLANS[method][-1]
-
-
-def stage_dir(model_dir, stage):
-    return os.path.join(model_dir, stage)
-
-
-def is_done(model_dir, stage):
-    return os.path.exists(os.path.join(stage_dir(model_dir, stage), "done.json"))
-
-
-def load_schema(config):
-    if config.schema:
-        return attributes_lib.get_schema(config.schema)
-    return pipeline.load_schema(config.data.shards_dir)
-
-
-def street_dir(config):
-    return config.data.street_shards_dir or config.data.shards_dir
 
 
 def count_records(files, domain=None):
@@ -109,22 +78,6 @@ def build_mtn(config, schema):
         dropout=None if m.dropout < 0 else m.dropout,
         backbone=m.backbone, weights=m.weights or None,
     )
-
-
-def load_mtn(path):
-    """Loads a saved MTN in Keras' safe mode (no arbitrary code).
-
-    Raises:
-        FileNotFoundError: no file at ``path``.
-        ValueError: naming ``path`` (see ``export_lib.load_keras``).
-    """
-    from mtct_tf import export_lib
-
-    if not os.path.exists(path):
-        raise FileNotFoundError(
-            f"{path} does not exist: train the stage that writes it first"
-        )
-    return export_lib.load_keras(path)
 
 
 class Backup(keras.callbacks.BackupAndRestore):
@@ -165,9 +118,8 @@ class Backup(keras.callbacks.BackupAndRestore):
 
     def _save_model(self):
         os.makedirs(self.backup_dir, exist_ok=True)
-        tmp = os.path.join(self.backup_dir, "latest.tmp.weights.h5")
-        self.model.save_weights(tmp, overwrite=True)
-        os.replace(tmp, self._weights_path)
+        with fileio.replacing(self._weights_path, ".weights.h5") as tmp:
+            self.model.save_weights(tmp, overwrite=True)
         write_json(self._training_metadata_path,
                    {"epoch": self._current_epoch,
                     "batch": self._last_batch_seen})
@@ -194,9 +146,8 @@ class BestWeights(keras.callbacks.Callback):
         if value is None or not value < self.best:
             return
         self.best = float(value)
-        tmp = self.path + ".tmp.weights.h5"
-        self.net.save_weights(tmp)
-        os.replace(tmp, self.path)
+        with fileio.replacing(self.path, ".weights.h5") as tmp:
+            self.net.save_weights(tmp)
         write_json(self.meta, {"best": self.best, "epoch": epoch + 1,
                                 "monitor": self.monitor})
 
@@ -232,10 +183,7 @@ class CompactProgbar(keras.callbacks.ProgbarLogger):
 
 
 def write_json(path, obj):
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
+    fileio.write_json(path, obj)
 
 
 def _datasets(config, schema, stage, strategy=None):
@@ -249,8 +197,8 @@ def _datasets(config, schema, stage, strategy=None):
     d = config.data
     shop_train = pipeline.shard_files(d.shards_dir, "train")
     shop_val = pipeline.shard_files(d.shards_dir, "val")
-    street_train = pipeline.shard_files(street_dir(config), "train")
-    street_val = pipeline.shard_files(street_dir(config), "val")
+    street_train = pipeline.shard_files(runs.street_dir(config), "train")
+    street_val = pipeline.shard_files(runs.street_dir(config), "val")
     common = dict(image_size=d.image_size, batch_size=d.batch_size,
                   margin=d.margin, seed=config.seed)
     n_shop = count_records(shop_train, "shop")
@@ -320,12 +268,12 @@ def train_stage(config, model_dir, stage, *, verbose="auto"):
     Returns:
         The stage's ``done.json`` content.
     """
-    out = stage_dir(model_dir, stage)
+    out = runs.stage_dir(model_dir, stage)
     os.makedirs(out, exist_ok=True)
-    if os.path.exists(os.path.join(out, "done.json")):
+    if runs.is_done(model_dir, stage):
         # Training a finished stage again starts it from its start.
-        shutil.rmtree(os.path.join(out, "backup"), ignore_errors=True)
-    schema = load_schema(config)
+        shutil.rmtree(os.path.join(out, runs.BACKUP_DIR), ignore_errors=True)
+    schema = runs.data_schema(config)
     strategy = distribute.get_strategy(config.runtime.strategy)
     distribute.set_precision(config.runtime.mixed_precision)
     keras.utils.set_random_seed(config.seed)
@@ -335,10 +283,8 @@ def train_stage(config, model_dir, stage, *, verbose="auto"):
 
     with strategy.scope():
         if stage == "street":
-            shop_net = load_mtn(os.path.join(stage_dir(model_dir, "shop"),
-                                             "model.keras"))
-            check_schema(shop_net, schema, config.data.shards_dir,
-                         trained_schema(stage_dir(model_dir, "shop")))
+            shop_net = runs.load_stage(model_dir, "shop", schema,
+                                       f"of {config.data.shards_dir}")
             net = model_lib.MTN.from_config(shop_net.get_config())
             net.set_weights(shop_net.get_weights())
             if config.street.finetune == "fc":
@@ -399,10 +345,10 @@ def train_stage(config, model_dir, stage, *, verbose="auto"):
             net.load_weights(best_path)
         # The saved model is the same whatever trained it.
         distribute.sync_batch_norm(net, False)
-        schema.save(os.path.join(wout, SCHEMA_FILE))
-        tmp = os.path.join(wout, "model.tmp.keras")
-        net.save(tmp)
-        os.replace(tmp, os.path.join(wout, "model.keras"))
+        schema.save(os.path.join(wout, runs.SCHEMA_FILE))
+        with fileio.replacing(os.path.join(wout, "model.keras"),
+                              ".keras") as tmp:
+            net.save(tmp)
         info = {"stage": stage, "method": config.method, "epochs": epochs,
                 "steps_per_epoch": spe, "steps": spe * epochs,
                 "seconds": round(time.time() - start, 1),
@@ -414,52 +360,6 @@ def train_stage(config, model_dir, stage, *, verbose="auto"):
     # Other workers go on to read what the chief wrote (the shop model).
     distribute.barrier(strategy)
     return info
-
-
-def trained_schema(path):
-    """The schema a stage's model was trained with, or ``None``.
-
-    ``train_stage`` saves it as ``<stage dir>/schema.json`` beside
-    ``model.keras``; runs older than that file have none.
-    """
-    path = os.path.join(path, SCHEMA_FILE)
-    if not os.path.isfile(path):
-        return None
-    return attributes_lib.AttributeSchema.load(path)
-
-
-def check_schema(net, schema, where, trained=None):
-    """Raises ``ValueError`` unless ``net``'s heads match ``schema``.
-
-    Args:
-        net: the model.
-        schema: the ``AttributeSchema`` of the data it is about to see.
-        where: the data's location, for the message.
-        trained: the schema the model was trained with
-            (``trained_schema``), when known. Then the value names must
-            match too: heads of the same sizes whose values mean other
-            things would give silently wrong labels.
-    """
-    if trained is not None:
-        ok = trained.attributes == schema.attributes
-        model_side = f"schema {trained.name!r} {trained.num_values}"
-    else:
-        ok = tuple(net.num_values.items()) == tuple(schema.num_values.items())
-        model_side = f"attributes {net.num_values}"
-    if ok:
-        return
-    detail = ""
-    if trained is not None:
-        for a in trained:
-            if a.name in schema and schema[a.name].values != a.values:
-                detail = (f" (attribute {a.name!r}: values {a.values} in the "
-                          f"model, {schema[a.name].values} in the data)")
-                break
-    raise ValueError(
-        f"the model was trained with {model_side}, but the schema "
-        f"{schema.name!r} of {where} has {schema.num_values}{detail}; use "
-        "data with the schema the model was trained with, or train again"
-    )
 
 
 def run(config, model_dir, stage="all", *, verbose="auto"):
@@ -474,7 +374,7 @@ def run(config, model_dir, stage="all", *, verbose="auto"):
     os.makedirs(model_dir, exist_ok=True)
     if distribute.is_chief(config.runtime.strategy):
         configs_lib.save(config, os.path.join(model_dir, "config.yaml"))
-    plan = PLANS[config.method]
+    plan = stages_lib.METHODS[config.method]
     if stage == "all":
         stages = plan
     elif stage in plan:
@@ -486,11 +386,10 @@ def run(config, model_dir, stage="all", *, verbose="auto"):
         )
     results = {}
     for s in stages:
-        done = os.path.join(stage_dir(model_dir, s), "done.json")
-        if os.path.exists(done) and stage == "all":
-            with open(done) as f:
-                results[s] = json.load(f)
-            print(f"[{s}] already trained ({done}); skipping")
+        if runs.is_done(model_dir, s) and stage == "all":
+            results[s] = runs.read_done(model_dir, s)
+            print(f"[{s}] already trained ({runs.done_path(model_dir, s)}); "
+                  "skipping")
             continue
         print(f"[{s}] training ({config.method})")
         results[s] = train_stage(config, model_dir, s, verbose=verbose)

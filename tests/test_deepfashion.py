@@ -18,7 +18,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from mtct_tf import attributes, configs, evaluation, training, transfer
+from mtct_tf import attributes, configs, evaluation, runs, training, transfer
 from mtct_tf import model as model_lib
 from mtct_tf.attributes import MISSING, MULTILABEL, Attribute, AttributeSchema
 from mtct_tf.data import convert, deepfashion, deepfashion2, pipeline
@@ -646,7 +646,7 @@ def test_mtn_multilabel_head_is_an_independent_sigmoid(tmp_path):
     assert "kinds" not in softmax_only.get_config()
     path = str(tmp_path / "m.keras")
     net.save(path)
-    loaded = training.load_mtn(path)
+    loaded = runs.load_mtn(path)
     assert loaded.kinds == net.kinds
     np.testing.assert_allclose(loaded.predict_on_batch(x)["colour"],
                                out["colour"], rtol=1e-5)
@@ -877,7 +877,7 @@ def test_df2_end_to_end_shop_stage(df2, tmp_path):
     done = training.run(_config("deepfashion2", shards), model_dir,
                         stage="shop", verbose=0)
     assert done["shop"]["steps"] == 1
-    net = training.load_mtn(os.path.join(model_dir, "shop", "model.keras"))
+    net = runs.load_mtn(os.path.join(model_dir, "shop", "model.keras"))
     assert net.num_values == {"category": 13}
 
 

@@ -35,7 +35,7 @@ import pytest
 from conftest import TINY_SCHEMA, build_tiny_dataset, write_manifest
 from PIL import Image
 
-from mtct_tf import attributes, export_lib, training
+from mtct_tf import attributes, export_lib, runs, training
 from mtct_tf import model as model_lib
 from mtct_tf.data import convert, pipeline
 from mtct_tf.data.manifest import ManifestError
@@ -221,7 +221,7 @@ def _weights(net_or_path):
     """Trainable weights by path (BN statistics aside: they follow them)."""
     net = net_or_path
     if isinstance(net, str):
-        net = training.load_mtn(net)
+        net = runs.load_mtn(net)
         # The street stage freezes the trunk; compare every trainable
         # weight of the architecture.
         net.trainable = True
@@ -335,7 +335,7 @@ def test_kill_between_training_and_done_json_does_not_train_again(
     assert result["shop"]["steps"] == 4
     assert os.path.exists(os.path.join(shop, "done.json"))
     assert not os.path.exists(os.path.join(shop, "backup"))
-    assert training.trained_schema(shop) == TINY_SCHEMA
+    assert runs.trained_schema(shop) == TINY_SCHEMA
 
 
 # --------------------------------------------------------------------------
@@ -857,7 +857,7 @@ def test_keras_files_with_code_are_refused_by_every_loader(tmp_path):
     keras.Model(inputs, outputs).save(path)
     os.remove(marker)  # Building the model ran it once.
     TINY_SCHEMA.save(str(tmp_path / "schema.json"))
-    for load in (training.load_mtn, export_lib.load_keras,
+    for load in (runs.load_mtn, runs.load_keras,
                  predicting.load_predictor):
         with pytest.raises(ValueError, match=re.escape(
                 f"{path}: cannot load it as a Keras model in safe mode") +
@@ -874,11 +874,11 @@ def test_keras_files_with_code_are_refused_by_every_loader(tmp_path):
     model.save(plain)
     with pytest.raises(ValueError, match=re.escape(
             f"{plain}: holds a Sequential, not an mtct_tf MTN")):
-        training.load_mtn(plain)
+        runs.load_mtn(plain)
     junk = tmp_path / "junk.keras"
     junk.write_bytes(b"PK\x03\x04 not really a zip")
     with pytest.raises(ValueError, match=re.escape(f"{junk}: cannot load")):
-        export_lib.load_keras(str(junk))
+        runs.load_keras(str(junk))
 
 
 def test_manifest_paths_stay_inside_the_dataset_root(tiny_dataset, tmp_path):
