@@ -290,7 +290,7 @@ def evaluate(model_dir, *, split="test", domain="street", stage=None,
         config = runs.load_config(model_dir)
     stage = stage or stages_lib.final_stage(config.method)
     if shards_dir is None:
-        shards_dir = (runs.street_dir(config) if domain == "street"
+        shards_dir = (stages_lib.street_dir(config) if domain == "street"
                       else config.data.shards_dir)
     schema = pipeline.load_schema(shards_dir)
     net = runs.load_stage(model_dir, stage, schema, f"of {shards_dir}")

@@ -50,6 +50,7 @@ import tensorflow as tf
 from mtct_tf import attributes as attributes_lib
 from mtct_tf import fileio, runs
 from mtct_tf.data import pipeline
+from mtct_tf.data.features import GARMENT_CLASS
 
 SIGNATURE_IMAGES = "serving_default"
 SIGNATURE_TENSORS = "serving_tensors"
@@ -60,9 +61,6 @@ META_FILE = "mtct_export.json"
 DETECTOR_SIGNATURES = ("image_tensor", "serving_default")
 DETECTOR_OUTPUTS = ("detection_boxes", "detection_scores",
                     "detection_classes", "num_detections", "image_info")
-# mtct_tf.detector.GARMENT_CLASS, repeated so that export does not import
-# the detector module.
-GARMENT_CLASS = 1
 DEFAULT_MIN_SCORE = 0.5
 
 

@@ -84,11 +84,6 @@ def data_schema(config):
     return pipeline.load_schema(config.data.shards_dir)
 
 
-def street_dir(config):
-    """The street records' shard directory (``shards_dir`` by default)."""
-    return config.data.street_shards_dir or config.data.shards_dir
-
-
 def trained_schema(folder):
     """The schema saved beside a model in ``folder``, or ``None``."""
     path = os.path.join(folder, SCHEMA_FILE)

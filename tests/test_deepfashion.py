@@ -657,7 +657,7 @@ def test_mtn_multilabel_head_is_an_independent_sigmoid(tmp_path):
 
 def test_train_step_loss_and_recall_against_numpy():
     net = model_lib.MTN(MIXED, preset="tiny", image_size=16, dropout=0.0)
-    trainer = transfer.CrossDomainModel(net)
+    trainer = transfer.MTNTrainer(net)
     trainer.compile(optimizer=keras.optimizers.SGD(0.0))
     names = [m.name for m in trainer.metrics]
     assert "colour_top3_recall" in names and "colour_acc" not in names
