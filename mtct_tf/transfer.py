@@ -126,7 +126,7 @@ class MTNTrainer(keras.Model):
             if self.kinds[a] == attributes_lib.SOFTMAX}
         self.attr_recall = {
             a: _mean_loss(f"{a}_top{TRACKED_TOP_K}_recall"
-                          if street.num_values[a] > TRACKED_TOP_K
+                          if net.num_values[a] > TRACKED_TOP_K
                           else f"{a}_binary_acc")
             for a in self.attribute_names
             if self.kinds[a] == attributes_lib.MULTILABEL}

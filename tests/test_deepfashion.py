@@ -691,7 +691,7 @@ def test_small_multilabel_heads_track_binary_accuracy_against_numpy():
     net = model_lib.MTN({"category": 3, "hood": 1, "colour": 4},
                         preset="tiny", image_size=16, dropout=0.0,
                         kinds={"hood": MULTILABEL, "colour": MULTILABEL})
-    trainer = transfer.CrossDomainModel(net)
+    trainer = transfer.MTNTrainer(net)
     trainer.compile(optimizer=keras.optimizers.SGD(0.0))
     names = [m.name for m in trainer.metrics]
     assert "hood_binary_acc" in names and "colour_top3_recall" in names
@@ -833,7 +833,7 @@ def test_single_attribute_type_converts_trains_evaluates_and_exports(
     assert list(ml["groups"]) == ["colour", "pattern", "sleeve", "hood"]
     assert ml["num_attributes"] == 9
 
-    net = training.load_mtn(os.path.join(model_dir, "street", "model.keras"))
+    net = runs.load_mtn(os.path.join(model_dir, "street", "model.keras"))
     assert net.num_values["hood"] == 1
     version_dir = export_lib.export_saved_model(net, schema,
                                                 str(tmp_path / "serving"))
