@@ -40,10 +40,10 @@ def main(argv=None):
     p.add_argument("--keras_out", help="also write a .keras file here")
     args = p.parse_args(argv)
 
-    from mtct_tf import export_lib
+    from mtct_tf import export_lib, runs
 
     try:
-        net, schema, run_margin = export_lib.load_model_and_schema(
+        net, schema, run_margin = runs.load_model_and_schema(
             args.model, schema=args.schema, stage=args.stage)
         margin = args.margin
         if margin is None:

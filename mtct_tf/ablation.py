@@ -25,6 +25,8 @@ import time
 
 import numpy as np
 
+from mtct_tf import fileio
+
 # Rows of the tables: name -> (registered experiment, label fraction).
 METHODS = {
     "No-Adapt": "no_adapt",
@@ -75,27 +77,27 @@ def _run(experiment, shards, seed, fraction, run_dir, shop_cache, overrides):
     """Trains (reusing a cached shop stage) and evaluates one run."""
     import keras
 
-    from mtct_tf import evaluation
-    from mtct_tf import training
+    from mtct_tf import evaluation, runs, training
+    from mtct_tf import stages as stages_lib
 
     config = _config(experiment, shards, seed, fraction, overrides)
-    stage = training.final_stage(config.method)
+    stage = stages_lib.final_stage(config.method)
     result_path = os.path.join(run_dir, "eval",
                                f"{stage}_street_test.json")
     if os.path.exists(result_path):
         with open(result_path) as f:
             return json.load(f)
-    plan = training.PLANS[config.method]
+    plan = stages_lib.METHODS[config.method]
     os.makedirs(run_dir, exist_ok=True)
     if plan[0] == "shop" and len(plan) > 1:
         # MTCT, FTT and the loss variants start from the same shop stage.
-        if not training.is_done(shop_cache, "shop"):
+        if not runs.is_done(shop_cache, "shop"):
             keras.backend.clear_session()
             training.run(_config("ftt", shards, seed, 1.0, overrides),
                          shop_cache, "shop", verbose=0)
-        target = training.stage_dir(run_dir, "shop")
+        target = runs.stage_dir(run_dir, "shop")
         if not os.path.exists(target):
-            shutil.copytree(training.stage_dir(shop_cache, "shop"), target,
+            shutil.copytree(runs.stage_dir(shop_cache, "shop"), target,
                             ignore=shutil.ignore_patterns("backup", "logs"))
     keras.backend.clear_session()
     training.run(config, run_dir, "all", verbose=0)
@@ -157,11 +159,10 @@ def _plot(summary, path):
         ax.set_title(title)
         low = min(m - s for m, s in zip(means, stds))
         ax.set_ylim(max(0, low - 5), max(means) + 5)
-    tmp = path + ".tmp.png"
     fig.tight_layout()
-    fig.savefig(tmp, dpi=110)
+    with fileio.replacing(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
-    os.replace(tmp, path)
 
     fig, ax = plt.subplots(figsize=(5, 3.6))
     curve = summary["curve"]
@@ -180,9 +181,9 @@ def _plot(summary, path):
     ax.legend(fontsize=8)
     fig.tight_layout()
     curve_path = path.replace(".png", "_small_data.png")
-    fig.savefig(curve_path + ".tmp.png", dpi=110)
+    with fileio.replacing(curve_path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
-    os.replace(curve_path + ".tmp.png", curve_path)
 
 
 def _verdicts(summary):
@@ -226,9 +227,7 @@ def write_report(summary, info, out_dir):
     os.makedirs(os.path.join(docs, "results"), exist_ok=True)
     os.makedirs(os.path.join(docs, "images"), exist_ok=True)
     json_path = os.path.join(docs, "results", "ablation.json")
-    with open(json_path + ".tmp", "w") as f:
-        json.dump({"summary": summary, "info": info}, f, indent=1)
-    os.replace(json_path + ".tmp", json_path)
+    fileio.write_json(json_path, {"summary": summary, "info": info})
     png = os.path.join(docs, "images", "ablation.png")
     _plot(summary, png)
     curve_rows = {}
@@ -273,9 +272,7 @@ Raw numbers: `docs/results/ablation.json`. Paper (X-Domain, real photos):
 No-Adapt 51.38, UD 58.76, FTT 61.82, MTCT 64.35 mAP_cls.
 """
     path = os.path.join(docs, "RESULTS.md")
-    with open(path + ".tmp", "w") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
+    fileio.write_text(path, text)
     return path
 
 

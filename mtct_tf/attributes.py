@@ -17,6 +17,8 @@ import dataclasses
 import json
 import os
 
+from mtct_tf import fileio
+
 MISSING = -1
 
 # Attribute kinds. ``softmax``: one of N values. ``multilabel``: N binary
@@ -261,11 +263,7 @@ class AttributeSchema:
 
     def save(self, path):
         """Writes the schema as JSON (atomically)."""
-        tmp = f"{path}.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(self.to_dict(), f, indent=1)
-            f.write("\n")
-        os.replace(tmp, path)
+        fileio.write_json(path, self.to_dict(), newline=True)
 
     @classmethod
     def load(cls, path):

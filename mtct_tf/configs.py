@@ -18,6 +18,8 @@ import typing
 
 import yaml
 
+from mtct_tf import fileio
+
 METHODS = ("mtct", "no_adapt", "ud", "ftt", "end_to_end")
 CROSS_DOMAIN_KINDS = (
     "none", "contrastive", "triplet", "tste_poster", "tste_canonical",
@@ -302,10 +304,8 @@ def build(experiment, config_file=None, overrides=()):
 def save(config, path):
     """Writes the resolved config as YAML (atomically)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        yaml.safe_dump(config.to_dict(), f, sort_keys=False)
-    os.replace(tmp, path)
+    fileio.write_text(
+        path, yaml.safe_dump(config.to_dict(), sort_keys=False))
 
 
 def from_dict(data):

@@ -31,11 +31,12 @@ import time
 
 import numpy as np
 
-from mtct_tf.data import features
+from mtct_tf import fileio
+from mtct_tf.data import features, shards
+from mtct_tf.data.features import GARMENT_CLASS
 
 PRESETS = ("small", "paper")
 CLASS_NAMES = ("background", "garment")
-GARMENT_CLASS = 1
 # Model Garden's COCO evaluator casts image/source_id to an integer, so the
 # detection records carry a numeric source id and keep the manifest id here.
 DET_IMAGE_ID = "image/filename"
@@ -54,16 +55,6 @@ EXPERIMENT = "fasterrcnn_resnetfpn_coco"
 
 def _split_pattern(records, split):
     return os.path.join(records, f"{split}-*-of-*.tfrecord")
-
-
-def count_records(pattern):
-    """Number of records in the TFRecord files matching ``pattern``."""
-    import tensorflow as tf
-
-    return sum(
-        1 for f in sorted(glob.glob(pattern))
-        for _ in tf.data.TFRecordDataset(f)
-    )
 
 
 def detector_config(preset="small", *, records=None, eval_split="val",
@@ -290,35 +281,18 @@ def detection_example(encoded, fmt, width, height, boxes, *, source_id,
 
 
 def write_shards(out_dir, split, serialized, num_shards):
-    """Writes serialized records as ``<split>-NNNNN-of-NNNNN.tfrecord``.
+    """Replaces ``split``'s shards in ``out_dir`` by ``serialized`` records.
 
-    Each shard is written as ``.<name>.tmp`` and renamed when complete (the
-    converter's convention, which ``mtct_tf.data.pipeline`` recognises);
-    shards of ``split`` left by an earlier run are removed first. Records are
-    dealt out in contiguous blocks, so file order is record order.
+    Shards of ``split`` left by an earlier run are removed first; the new
+    ones are written by ``shards.write_shards``.
 
     Returns:
         The list of shard paths.
     """
-    import tensorflow as tf
-
-    from mtct_tf.data import convert
-
-    serialized = list(serialized)
-    num_shards = max(1, min(num_shards, len(serialized)))
     for old in glob.glob(_split_pattern(glob.escape(out_dir), split)):
         os.remove(old)
-    per = math.ceil(len(serialized) / num_shards)
-    names = []
-    for i in range(num_shards):
-        name = convert.shard_name(split, i, num_shards)
-        tmp = os.path.join(out_dir, f".{name}.tmp")
-        with tf.io.TFRecordWriter(tmp) as w:
-            for s in serialized[i * per:(i + 1) * per]:
-                w.write(s)
-        names.append(os.path.join(out_dir, name))
-        os.replace(tmp, names[-1])
-    return names
+    written = shards.write_shards(out_dir, split, serialized, num_shards)
+    return [final for _, final in written]
 
 
 def write_detection_records(entries, out_dir, *, domain=None,
@@ -366,10 +340,7 @@ def write_detection_records(entries, out_dir, *, domain=None,
         counts[split] = len(serialized)
     info = {"classes": list(CLASS_NAMES), "domain": domain,
             "images": counts, "skipped": skipped}
-    tmp = os.path.join(out_dir, RECORDS_INFO + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(info, f, indent=1)
-    os.replace(tmp, os.path.join(out_dir, RECORDS_INFO))
+    fileio.write_json(os.path.join(out_dir, RECORDS_INFO), info)
     return info
 
 
@@ -410,9 +381,7 @@ def _run(params, model_dir, mode):
 
 def _write_metrics(model_dir, metrics):
     path = os.path.join(model_dir, "eval_metrics.json")
-    with open(path + ".tmp", "w") as f:
-        json.dump(metrics, f, indent=1)
-    os.replace(path + ".tmp", path)
+    fileio.write_json(path, metrics)
     return path
 
 
@@ -450,7 +419,8 @@ def _metric_record(params, model_dir, logs):
         "AP": logs.get("AP"), "AP50": logs.get("AP50"),
         "metrics": logs, "step": _latest_step(model_dir),
         "eval_pattern": params.task.validation_data.input_path,
-        "num_images": count_records(params.task.validation_data.input_path),
+        "num_images": shards.count_records(
+            sorted(glob.glob(params.task.validation_data.input_path))),
     }
 
 
@@ -771,21 +741,27 @@ def _gt_box(ex, height, width):
     return box if box[0] < box[2] and box[1] < box[3] else None
 
 
-def load_detector(path):
-    """Loads an exported detector; returns its ``image_tensor`` function."""
-    import tensorflow as tf
+class _Detector:
+    """An exported detector called as ``detect(inputs=uint8 [B, H, W, 3])``.
 
-    sub = os.path.join(path, "saved_model")
-    loaded = tf.saved_model.load(sub if os.path.isdir(sub) else path)
-    fn = loaded.signatures["image_tensor"]
-    fn._loaded = loaded  # Keeps the variables alive as long as the function.
-    return fn
+    Holds the loaded SavedModel (``export_lib.load_detector``), whose
+    variables its signature function needs alive.
+    """
+
+    def __init__(self, path):
+        from mtct_tf import export_lib
+
+        (self._loaded, self._fn, self._input,
+         self._dtype) = export_lib.load_detector(path)
+
+    def __call__(self, inputs):
+        import tensorflow as tf
+
+        return self._fn(**{self._input: tf.cast(inputs, self._dtype)})
 
 
 def _write_crop_shards(out_dir, by_split, schema, stats, records_per_shard):
     """Publishes the shards, ``schema.json`` and ``summary.json`` (last)."""
-    import tensorflow as tf
-
     from mtct_tf.data import convert
 
     os.makedirs(out_dir, exist_ok=True)
@@ -798,32 +774,24 @@ def _write_crop_shards(out_dir, by_split, schema, stats, records_per_shard):
     splits, written = {}, []
     for split, records in sorted(by_split.items()):
         count = max(1, math.ceil(len(records) / records_per_shard))
-        per = math.ceil(len(records) / count)
         s = splits[split] = {
             "records": len(records), "shards": [],
             "domains": {d: 0 for d in features.DOMAINS}, "items": set(),
             "with_bbox": len(records)}
-        for index in range(count):
-            name = convert.shard_name(split, index, count)
-            tmp = os.path.join(out_dir, f".{name}.tmp")
-            with tf.io.TFRecordWriter(tmp) as w:
-                for domain, item, raw in records[index * per:(index + 1) * per]:
-                    w.write(raw)
-                    s["domains"][domain] = s["domains"].get(domain, 0) + 1
-                    s["items"].add(item)
-            written.append((tmp, os.path.join(out_dir, name)))
-            s["shards"].append(name)
+        for domain, item, _ in records:
+            s["domains"][domain] = s["domains"].get(domain, 0) + 1
+            s["items"].add(item)
         s["items"] = len(s["items"])
-    for tmp, final in written:
-        os.replace(tmp, final)
+        pairs = shards.write_shards(out_dir, split, [r for _, _, r in records],
+                                    count, publish_now=False)
+        s["shards"] = [os.path.basename(final) for _, final in pairs]
+        written += pairs
+    shards.publish(written)
     schema.save(os.path.join(out_dir, convert.SCHEMA))
     summary = {"schema": schema.name, "attributes": list(schema.names),
                "records": sum(s["records"] for s in splits.values()),
                "splits": splits, "crop": stats.to_dict()}
-    tmp = os.path.join(out_dir, convert.SUMMARY + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(summary, f, indent=1)
-    os.replace(tmp, os.path.join(out_dir, convert.SUMMARY))
+    fileio.write_json(os.path.join(out_dir, convert.SUMMARY), summary)
     return summary
 
 
@@ -879,7 +847,7 @@ def crop_with_detector(detector_savedmodel, source, out_dir, *, min_score=0.5,
             "Need 0 <= margin < 1 and batch_size >= 1. Received: "
             f"margin={margin}, batch_size={batch_size}")
     detect = (detector_savedmodel if callable(detector_savedmodel)
-              else load_detector(detector_savedmodel))
+              else _Detector(detector_savedmodel))
     records, schema, total = _read_source(source, schema)
     stats, by_split, ious, pending = CropStats(), {}, [], []
     bar = tqdm(total=total, disable=not progress, unit="img", desc="crop",

@@ -13,7 +13,7 @@ Batch sizes in configs are *global*: one optimiser step consumes
 ``batch_size`` examples in all, and each of the ``num_replicas_in_sync``
 replicas gets ``batch_size / num_replicas_in_sync`` of them (Keras splits
 each global batch). Losses are normalised by global counts and batch
-statistics are synchronised (``CrossDomainModel``, ``sync_batch_norm``), so
+statistics are synchronised (``MTNTrainer``, ``sync_batch_norm``), so
 a step computes the same gradient whatever the number of replicas.
 
 Training datasets are sharded across workers by file
@@ -88,7 +88,7 @@ def set_precision(policy=""):
 
     Call it before building models. With ``"mixed_float16"`` (GPUs),
     ``Model.compile`` wraps the optimiser in a ``LossScaleOptimizer``, whose
-    ``scale_loss`` and ``apply`` ``CrossDomainModel.train_step`` calls;
+    ``scale_loss`` and ``apply`` ``MTNTrainer.train_step`` calls;
     ``"mixed_bfloat16"`` (TPUs, recent GPUs) needs no loss scaling.
     """
     keras.mixed_precision.set_global_policy(policy or "float32")

@@ -11,14 +11,17 @@ attributes ranked together, then per group the mean recall of its
 attributes (``evaluate_multilabel``), under ``results["multilabel"]``.
 """
 
-import json
 import math
 import os
 
 import numpy as np
 
 from mtct_tf import attributes as attributes_lib
+from mtct_tf import fileio
 from mtct_tf import metrics as metrics_lib
+from mtct_tf import runs
+from mtct_tf import stages as stages_lib
+from mtct_tf.data import pipeline
 
 # DeepFashion reports top-3 and top-5 recall (attributes) and accuracy
 # (category).
@@ -193,10 +196,9 @@ def multilabel_bar_chart(ml, path, title):
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=7, loc="upper right")
     fig.tight_layout()
-    tmp = f"{path}.tmp.png"
-    fig.savefig(tmp, dpi=110)
+    with fileio.replacing(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def _jsonable(results):
@@ -235,10 +237,9 @@ def bar_chart(results, path, title):
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    tmp = f"{path}.tmp.png"
-    fig.savefig(tmp, dpi=110)
+    with fileio.replacing(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def write_report(results, out_prefix, title):
@@ -255,12 +256,8 @@ def write_report(results, out_prefix, title):
     if "multilabel" in results:
         extra += ("\nMultilabel attributes (DeepFashion top-k recall):\n\n"
                   + multilabel_table(results["multilabel"]))
-    for suffix, text in ((".json", json.dumps(_jsonable(results), indent=1)),
-                         (".md", table + extra)):
-        tmp = f"{out_prefix}{suffix}.tmp"
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.replace(tmp, out_prefix + suffix)
+    fileio.write_json(out_prefix + ".json", _jsonable(results))
+    fileio.write_text(out_prefix + ".md", table + extra)
     if results["ap"]:
         bar_chart(results, out_prefix + ".png", title)
     else:
@@ -289,25 +286,14 @@ def evaluate(model_dir, *, split="test", domain="street", stage=None,
         multilabel attributes ``"multilabel"`` (see ``evaluate_multilabel``);
         reports are written under ``<model_dir>/eval``.
     """
-    from mtct_tf import configs as configs_lib
-    from mtct_tf import training
-    from mtct_tf.data import pipeline
-
     if config is None:
-        path = os.path.join(model_dir, "config.yaml")
-        if not os.path.exists(path):
-            raise FileNotFoundError(
-                f"{path} not found: is {model_dir} a training run directory?")
-        config = configs_lib.from_dict(configs_lib.load_yaml(path))
-    stage = stage or training.final_stage(config.method)
-    net = training.load_mtn(
-        os.path.join(training.stage_dir(model_dir, stage), "model.keras"))
+        config = runs.load_config(model_dir)
+    stage = stage or stages_lib.final_stage(config.method)
     if shards_dir is None:
-        shards_dir = (training.street_dir(config) if domain == "street"
+        shards_dir = (stages_lib.street_dir(config) if domain == "street"
                       else config.data.shards_dir)
     schema = pipeline.load_schema(shards_dir)
-    training.check_schema(net, schema, shards_dir, training.trained_schema(
-        training.stage_dir(model_dir, stage)))
+    net = runs.load_stage(model_dir, stage, schema, f"of {shards_dir}")
     ds = pipeline.make_dataset(
         pipeline.shard_files(shards_dir, split), schema,
         image_size=net.image_size, batch_size=batch_size, training=False,

@@ -47,27 +47,24 @@ import re
 import shutil
 import tempfile
 import time
-import zipfile
 
 import keras
 import tensorflow as tf
 
 from mtct_tf import attributes as attributes_lib
+from mtct_tf import fileio, runs
 from mtct_tf.data import pipeline
+from mtct_tf.data.features import GARMENT_CLASS
 
 SIGNATURE_IMAGES = "serving_default"
 SIGNATURE_TENSORS = "serving_tensors"
 INPUT = "images"
 EXTRA_DIR = "assets.extra"
-SCHEMA_FILE = "schema.json"
 META_FILE = "mtct_export.json"
 # Detector outputs (Model Garden's DetectionModule names).
 DETECTOR_SIGNATURES = ("image_tensor", "serving_default")
 DETECTOR_OUTPUTS = ("detection_boxes", "detection_scores",
                     "detection_classes", "num_detections", "image_info")
-# mtct_tf.detector.GARMENT_CLASS, repeated so that export does not import
-# the detector module.
-GARMENT_CLASS = 1
 DEFAULT_MIN_SCORE = 0.5
 
 
@@ -81,15 +78,6 @@ def output_keys(schema, *, with_detector=False):
     if with_detector:
         keys += ["box", "box_pixels", "box_score", "detected"]
     return keys
-
-
-def _check_schema(net, schema):
-    if tuple(net.num_values.items()) != tuple(schema.num_values.items()):
-        raise ValueError(
-            "The schema does not match the model's heads: the model has "
-            f"{net.num_values}, the schema {schema.name!r} has "
-            f"{schema.num_values}. Received: schema={schema!r}"
-        )
 
 
 def load_detector(detector):
@@ -208,7 +196,7 @@ class ServingModule(tf.Module):
                  min_score=DEFAULT_MIN_SCORE, class_id=GARMENT_CLASS):
         super().__init__(name="mtct_serving")
         schema = attributes_lib.get_schema(schema)
-        _check_schema(net, schema)
+        runs.check_schema(net, schema, "given for serving")
         if margin < 0:
             raise ValueError(
                 f"`margin` must be >= 0. Received: margin={margin}")
@@ -372,7 +360,7 @@ def export_saved_model(net, schema, base_dir, model_name="mtct", version=None,
         tf.saved_model.save(module, tmp, signatures=module.signatures())
         extra = os.path.join(tmp, EXTRA_DIR)
         os.makedirs(extra, exist_ok=True)
-        schema.save(os.path.join(extra, SCHEMA_FILE))
+        schema.save(os.path.join(extra, runs.SCHEMA_FILE))
         meta = {
             "model_name": model_name,
             "version": version,
@@ -393,8 +381,7 @@ def export_saved_model(net, schema, base_dir, model_name="mtct", version=None,
             "keras": keras.__version__,
             "seconds": round(time.time() - start, 2),
         }
-        with open(os.path.join(extra, META_FILE), "w") as f:
-            json.dump(meta, f, indent=1)
+        fileio.write_json(os.path.join(extra, META_FILE), meta)
         os.rename(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -406,7 +393,7 @@ def read_export_info(version_dir):
     """``(schema, metadata dict)`` stored in a version's ``assets.extra``."""
     extra = os.path.join(os.fspath(version_dir), EXTRA_DIR)
     schema = attributes_lib.AttributeSchema.load(
-        os.path.join(extra, SCHEMA_FILE))
+        os.path.join(extra, runs.SCHEMA_FILE))
     with open(os.path.join(extra, META_FILE)) as f:
         return schema, json.load(f)
 
@@ -427,49 +414,11 @@ def export_keras(net, path, *, verify=True):
         raise ValueError(f"`path` must end with .keras. Received: path={path}")
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".keras", dir=folder)
-    os.close(fd)
-    try:
+    with fileio.replacing(path, ".keras") as tmp:
         net.save(tmp)
         if verify:
-            load_keras(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+            runs.load_keras(tmp)
     return path
-
-
-def load_keras(path):
-    """Loads a ``.keras`` MTN in safe mode, without compiling.
-
-    Safe mode refuses what would run code stored in the file (a ``Lambda``
-    layer's Python bytecode, say) before running any of it.
-
-    Raises:
-        FileNotFoundError: no file at ``path``.
-        ValueError: naming ``path``: not a readable ``.keras`` file, one
-            that only unsafe loading could read, or a model that is not an
-            ``MTN``.
-    """
-    from mtct_tf import model as model_lib
-
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no such model file")
-    try:
-        net = keras.saving.load_model(path, safe_mode=True, compile=False)
-    except (ValueError, TypeError, KeyError, OSError,
-            zipfile.BadZipFile) as e:
-        raise ValueError(
-            f"{path}: cannot load it as a Keras model in safe mode "
-            f"({type(e).__name__}: {e})") from None
-    if not isinstance(net, model_lib.MTN):
-        raise ValueError(
-            f"{path}: holds a {type(net).__name__}, not an mtct_tf MTN; "
-            "expected a model.keras written by training or export")
-    return net
 
 
 def is_saved_model(path):
@@ -489,73 +438,3 @@ def latest_version_dir(path):
         if versions:
             return os.path.join(path, str(versions[0]))
     return None
-
-
-def load_model_and_schema(model, *, schema=None, stage=None):
-    """Loads an MTN, its schema and its training crop margin.
-
-    Args:
-        model: a training run directory (``config.yaml`` + ``<stage>/
-            model.keras``; the method's last stage unless ``stage``) or a
-            ``.keras`` file.
-        schema: a schema name or JSON path; default: ``schema.json``
-            beside the ``.keras`` file (training saves the schema the stage
-            was trained with there), else the schema of the run it sits in
-            (``<run>/<stage>/model.keras``).
-        stage: the stage of a run directory.
-
-    Returns:
-        ``(net, schema, margin)``: ``margin`` is the run's
-        ``data.margin`` (``None`` when the model is not in a run).
-
-    Raises:
-        FileNotFoundError: nothing loadable at ``model``.
-        ValueError: no schema found, or one that does not fit the heads.
-    """
-    from mtct_tf import configs as configs_lib
-    from mtct_tf import training
-
-    model = os.fspath(model)
-    run_dir = None
-    if os.path.isdir(model) and os.path.isfile(
-            os.path.join(model, "config.yaml")):
-        run_dir = model
-    elif model.endswith(".keras") and os.path.isfile(model):
-        parent = os.path.dirname(os.path.dirname(os.path.abspath(model)))
-        if os.path.isfile(os.path.join(parent, "config.yaml")):
-            run_dir = parent
-    elif not os.path.exists(model):
-        raise FileNotFoundError(f"{model}: no such file or directory")
-    else:
-        raise FileNotFoundError(
-            f"{model}: expected a training run directory (with config.yaml) "
-            "or a .keras file")
-    config = None
-    if run_dir is not None:
-        config = configs_lib.from_dict(configs_lib.load_yaml(
-            os.path.join(run_dir, "config.yaml")))
-    if model.endswith(".keras"):
-        path = model
-    else:
-        stage = stage or training.final_stage(config.method)
-        path = os.path.join(training.stage_dir(run_dir, stage), "model.keras")
-        if not os.path.isfile(path):
-            raise FileNotFoundError(
-                f"{path} does not exist: train stage {stage!r} of {run_dir} "
-                "first")
-    net = load_keras(path)
-    if schema is not None:
-        schema = attributes_lib.get_schema(schema)
-    elif os.path.isfile(os.path.join(os.path.dirname(path), SCHEMA_FILE)):
-        # Beside the model (training writes the schema it trained with).
-        schema = attributes_lib.AttributeSchema.load(
-            os.path.join(os.path.dirname(path), SCHEMA_FILE))
-    elif config is not None:
-        schema = training.load_schema(config)
-    else:
-        raise ValueError(
-            f"{model}: no schema.json beside it and not inside a training "
-            "run; pass the schema (a built-in name or a JSON file)")
-    _check_schema(net, schema)
-    margin = config.data.margin if config is not None else None
-    return net, schema, margin

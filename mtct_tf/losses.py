@@ -22,14 +22,8 @@ import keras
 from keras import ops
 
 from mtct_tf.attributes import MULTILABEL, SOFTMAX
+from mtct_tf.configs import CROSS_DOMAIN_KINDS
 
-CROSS_DOMAIN_KINDS = (
-    "none",
-    "contrastive",
-    "triplet",
-    "tste_poster",
-    "tste_canonical",
-)
 DEFAULT_MARGINS = {"contrastive": 1.0, "triplet": 0.2}
 _NORM_EPSILON = 1e-12
 
@@ -103,28 +97,71 @@ def masked_binary_crossentropy(y_true, y_pred, from_logits=False):
     return ops.sum(bce, axis=-1) / ops.maximum(count, 1.0)
 
 
-def _num_replicas():
+# === Masked means over the replicas of a tf.distribute strategy ===
+#
+# Under a strategy each replica holds a share of the global batch and the
+# optimiser sums the replicas' gradients. A masked mean must then be divided
+# by the *global* count of labels (one small all-reduce), so that the
+# replicas' losses add up to exactly the loss of the global batch even when
+# replicas hold different numbers of labels. ``MTNTrainer`` (training) and
+# the ``Masked*`` Loss classes both build on these functions.
+
+
+def num_replicas():
+    """Replicas in sync in the current replica context (1 outside one).
+
+    Other backends than TensorFlow have no strategy: 1.
+    """
     if keras.backend.backend() != "tensorflow":
         return 1
     import tensorflow as tf
 
-    return tf.distribute.get_strategy().num_replicas_in_sync
+    context = tf.distribute.get_replica_context()
+    return 1 if context is None else context.num_replicas_in_sync
 
 
-def _global_count(count):
-    """Sums ``count`` over the replicas of a tf.distribute strategy.
-
-    Outside a strategy, in cross-replica context or on other backends the
-    local count is returned unchanged.
-    """
-    if keras.backend.backend() != "tensorflow":
-        return count
+def global_sum(value):
+    """``value`` summed over the replicas (itself with one replica)."""
+    if num_replicas() == 1:
+        return value
     import tensorflow as tf
 
-    context = tf.distribute.get_replica_context()
-    if context is None or context.num_replicas_in_sync == 1:
-        return count
-    return context.all_reduce(tf.distribute.ReduceOp.SUM, count)
+    return tf.distribute.get_replica_context().all_reduce(
+        tf.distribute.ReduceOp.SUM, value)
+
+
+def label_count(labels):
+    """Labelled entries of a label tensor (-1 = missing), as float32.
+
+    The count ``multitask_loss`` divides by: labelled samples of a softmax
+    attribute, known entries of a multi-label one.
+    """
+    return ops.sum(ops.cast(ops.convert_to_tensor(labels) >= 0, "float32"))
+
+
+def global_counts(counts):
+    """(local, global) float32 vectors of label counts: one all-reduce.
+
+    The counts depend on the labels only, so the all-reduce can run before
+    the forward pass and does not wait for it.
+    """
+    local = ops.stack(counts)
+    return local, ops.stop_gradient(global_sum(local))
+
+
+def global_shares(means, local, total):
+    """Turns replica-local masked means into shares of the global means.
+
+    ``mean_r * max(n_r, 1) / max(N, 1)``, with ``n_r`` the replica's count
+    (``local``) and ``N`` its sum over replicas (``total``): the shares add
+    up over replicas to ``sum of values / N``, the mean over the global
+    batch. The factor is a constant for the gradient. With one replica the
+    means are returned unchanged.
+    """
+    if num_replicas() == 1:
+        return list(means)
+    factors = ops.maximum(local, 1.0) / ops.maximum(total, 1.0)
+    return [m * ops.cast(factors[i], m.dtype) for i, m in enumerate(means)]
 
 
 def _rescale_for_masked_mean(values, count, cross_replica):
@@ -142,8 +179,8 @@ def _rescale_for_masked_mean(values, count, cross_replica):
     count = ops.cast(count, values.dtype)
     replicas = 1
     if cross_replica:
-        count = _global_count(count)
-        replicas = _num_replicas()
+        count = global_sum(count)
+        replicas = num_replicas()
     batch = ops.cast(ops.shape(values)[0], values.dtype)
     scale = batch * replicas / ops.maximum(count, 1.0)
     return values * ops.stop_gradient(scale)
@@ -269,9 +306,10 @@ def multitask_loss(y_true, y_pred, weights=None, from_logits=False, kinds=None):
     ``a`` over the batch (softmax cross-entropy over its labelled samples, or
     binary cross-entropy over its known binary labels), ``w_a`` defaults to 1.
     An attribute with no label in the batch contributes 0. The means are
-    local to the caller's batch: under tf.distribute a custom train step
-    divides by the number of replicas as usual (or uses the Loss classes,
-    which normalise globally).
+    local to the caller's batch; under tf.distribute, ``MTNTrainer`` turns
+    them into shares of the global-batch means with ``global_counts`` and
+    ``global_shares`` (the ``Masked*`` Loss classes do the same for
+    ``compile``).
 
     Args:
         y_true: dict attribute -> labels (see the module docstring).

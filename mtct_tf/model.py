@@ -102,11 +102,9 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
 
     Keras 3 normalises with separate moments, subtract, multiply and add
     ops (in float32 even under ``mixed_bfloat16``), each a full pass over
-    the activations and another in the backward pass. On CPU that was
-    ~20% of the ``paper`` training step; ``FusedBatchNormV3`` (oneDNN)
-    does it in one pass each way, on bfloat16 activations directly, and
-    the same step takes ~15% less CPU time (docs/BENCHMARKS.md). Same
-    weights, config and results as the Keras layer (the moving variance is
+    the activations and another in the backward pass; ``FusedBatchNormV3``
+    (oneDNN) does it in one pass each way, on bfloat16 activations
+    directly (measured in docs/BENCHMARKS.md). Same weights, config and results as the Keras layer (the moving variance is
     the biased batch variance, as Keras updates it); masks, renorm,
     synchronised statistics and other backends use the Keras code.
     """
@@ -151,10 +149,8 @@ def _elementwise_dtype():
 
     Under ``mixed_bfloat16`` they run in float32 and only the convolutions
     in bfloat16: TensorFlow's CPU kernels for bfloat16 batch norm, ReLU,
-    max-pooling and their gradients are slower than the float32 ones, and
-    at the ``small`` preset they made the whole step 1.5x slower than
-    float32; in float32 it is 1.05x faster than float32, and the ``paper``
-    step 6% faster than all-bfloat16 (docs/BENCHMARKS.md, What was tried).
+    max-pooling and their gradients are slower than the float32 ones
+    (docs/BENCHMARKS.md, What was tried).
     ``None`` (the global policy) otherwise: float16 on GPUs is not slowed.
     """
     policy = keras.config.dtype_policy()
@@ -348,8 +344,8 @@ class MTN(keras.Model):
         ]
 
     def get_config(self):
-        # Only multilabel heads are listed, so that the config (and saved
-        # file) of an all-softmax model is what it was before kinds existed.
+        # Only multilabel heads are listed: an all-softmax model's config
+        # (and saved file) has no kinds entry, and loads without one.
         multilabel = {name: kind for name, kind in self.kinds.items()
                       if kind != attributes_lib.SOFTMAX}
         return {

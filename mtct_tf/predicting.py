@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from mtct_tf import attributes as attributes_lib
-from mtct_tf import export_lib
+from mtct_tf import export_lib, fileio, runs
 
 # Annotation: images are scaled up (nearest) until their long side reaches
 # this many pixels, so that a 64 px demo photo still shows a readable box.
@@ -157,7 +157,7 @@ def load_predictor(model, *, schema=None, stage=None, detector=None,
             version directory, or a TF Serving model directory (its newest
             version is used).
         schema: schema name or JSON (default: found as
-            ``export_lib.load_model_and_schema`` says; a SavedModel carries
+            ``runs.load_model_and_schema`` says; a SavedModel carries
             its own in ``assets.extra``).
         stage: the stage of a run directory.
         detector: a detector SavedModel to crop the garment first (not with
@@ -186,7 +186,7 @@ def load_predictor(model, *, schema=None, stage=None, detector=None,
         fn = loaded.signatures[export_lib.SIGNATURE_IMAGES]
         return Predictor(fn, saved_schema, has_detector, version_dir,
                          keep=loaded)
-    net, schema, run_margin = export_lib.load_model_and_schema(
+    net, schema, run_margin = runs.load_model_and_schema(
         model, schema=schema, stage=stage)
     if margin is None:
         margin = run_margin if run_margin is not None else 0.1
@@ -251,9 +251,8 @@ def annotate(encoded, prediction, path):
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".tmp-{os.getpid()}-{os.path.basename(path)}")
-    canvas.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with fileio.replacing(path) as tmp:
+        canvas.save(tmp, format="PNG")
     return path
 
 

@@ -35,25 +35,24 @@ names for the layers of a nested ``keras.applications`` backbone
 (``backbone/conv1_conv``).
 """
 
+import dataclasses
 import json
 import math
 import os
-import time
 
 import h5py
 import keras
 import numpy as np
 import tensorflow as tf
 
-from mtct_tf import configs as configs_lib
-from mtct_tf import distribute, training
+from mtct_tf import fileio
 from mtct_tf.data import pipeline
 
 STAGE = "pretrain"
 TRUNK_FILE = "trunk.weights.h5"
 FORMAT = "mtct_tf.trunk.v1"
 # The MTN needs at least one attribute; its branch is never used here.
-_PLACEHOLDER_SCHEMA = {"pretrain_unused": 2}
+PLACEHOLDER_SCHEMA = {"pretrain_unused": 2}
 _WHOLE_IMAGE = (0.0, 0.0, 1.0, 1.0)
 # Held-out splits looked for, in order, when ``val_split`` is not given.
 _VAL_SPLITS = ("validation", "val", "test")
@@ -101,8 +100,7 @@ def save_trunk(net, path, metadata=None):
     """
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     variables = trunk_variables(net)
-    tmp = f"{path}.tmp"
-    with h5py.File(tmp, "w") as f:
+    with fileio.replacing(path) as tmp, h5py.File(tmp, "w") as f:
         f.attrs["format"] = FORMAT
         f.attrs["layer_keys"] = json.dumps(list(variables))
         f.attrs["metadata"] = json.dumps(metadata or {})
@@ -112,7 +110,6 @@ def save_trunk(net, path, metadata=None):
                 [w.name for w in weights])
             for i, w in enumerate(weights):
                 group.create_dataset(str(i), data=keras.ops.convert_to_numpy(w))
-    os.replace(tmp, path)
 
 
 def load_trunk(path):
@@ -413,7 +410,56 @@ def make_dataset(builder, split, *, image_size, batch_size, training,
 
 
 # --------------------------------------------------------------------------
-# Model and stage runner.
+# The stage's inputs and model (trained by ``training.train_stage``).
+
+
+@dataclasses.dataclass
+class TfdsSource:
+    """Stage 0's dataset: a TFDS name and where to find it.
+
+    Attributes:
+        name: TFDS dataset name (``imagenet2012``, ``imagenette``, ...).
+        data_dir: TFDS data directory.
+        manual_dir: TFDS manual download directory (``imagenet2012``).
+        split: training split.
+        val_split: validation split (see ``resolve_splits``).
+    """
+
+    name: str = ""
+    data_dir: str = None
+    manual_dir: str = None
+    split: str = "train"
+    val_split: str = None
+
+
+def build_inputs(config, source):
+    """Stage 0's datasets from ``config.data`` and ``config.pretrain``.
+
+    Returns:
+        ``(train, val, steps per epoch, info)``: steps per epoch is
+        ``pretrain.steps_per_epoch`` or one pass over the training split (0
+        when its size is unknown); ``info`` names the dataset, its splits
+        and its number of classes.
+
+    Raises:
+        ValueError: a dataset that is not image classification.
+    """
+    d = config.data
+    builder = get_builder(source.name, data_dir=source.data_dir,
+                          manual_dir=source.manual_dir)
+    image_key, label_key, num_classes = dataset_keys(builder)
+    train_split, val_split = resolve_splits(builder, source.split,
+                                            source.val_split)
+    spe = config.pretrain.steps_per_epoch or math.ceil(
+        num_examples(builder, train_split) / d.batch_size)
+    common = dict(image_size=d.image_size, batch_size=d.batch_size,
+                  seed=config.seed, image_key=image_key, label_key=label_key)
+    train = make_dataset(builder, train_split, training=True,
+                         shuffle_buffer=d.shuffle_buffer, **common)
+    val = make_dataset(builder, val_split, training=False, **common)
+    info = {"tfds_name": source.name, "split": train_split,
+            "val_split": val_split, "num_classes": num_classes}
+    return train, val, spe, info
 
 
 def build_classifier(net, num_classes):
@@ -434,137 +480,7 @@ def build_classifier(net, num_classes):
     return keras.Model(net.input, probs, name="pretrain_classifier")
 
 
-def stage_config(config):
-    """The budget: ``config.pretrain`` when the config has one, else shop."""
-    return getattr(config, "pretrain", None) or config.shop
-
-
-def _model_metadata(config, net):
+def model_metadata(config, net):
+    """What built the trunk, stored with it (``restore_trunk`` reports it)."""
     return {"backbone": net.backbone, "preset": config.model.preset,
             "width": net.width, "image_size": net.image_size}
-
-
-def run(config, model_dir, *, tfds_name, data_dir=None, manual_dir=None,
-        split="train", val_split=None, verbose="auto"):
-    """Pre-trains the config's MTN trunk on a TFDS classification dataset.
-
-    Resumes from ``<model_dir>/pretrain/backup`` after a kill; once
-    ``done.json`` exists, a rerun returns it without training (delete the
-    directory to train again).
-
-    Args:
-        config: the ``ExperimentConfig``; ``model.*`` and
-            ``data.image_size`` define the trunk, ``data.batch_size`` /
-            ``shuffle_buffer`` and the ``stage_config`` budget (epochs,
-            steps_per_epoch (0: one pass over ``split``), learning_rate,
-            optimizer, validation_steps) the training.
-        model_dir: the experiment directory; output in ``<model_dir>/
-            pretrain``.
-        tfds_name: TFDS dataset name (``imagenet2012``, ``imagenette``, ...).
-        data_dir: TFDS data directory.
-        manual_dir: TFDS manual download directory (``imagenet2012``).
-        split: training split.
-        val_split: validation split (see ``resolve_splits``).
-        verbose: ``Model.fit`` verbosity.
-
-    Returns:
-        The ``done.json`` content.
-
-    Raises:
-        ValueError: no ``tfds_name``, a dataset that is not image
-            classification, or an unknown number of training examples with
-            ``steps_per_epoch`` 0.
-    """
-    if not tfds_name:
-        raise ValueError(
-            "--stage pretrain needs --tfds_name (e.g. imagenet2012 with "
-            "--manual_dir, or imagenette). Received: tfds_name="
-            f"{tfds_name!r}"
-        )
-    out = training.stage_dir(model_dir, STAGE)
-    done_path = os.path.join(out, "done.json")
-    trunk_path = os.path.join(out, TRUNK_FILE)
-    if os.path.exists(done_path) and os.path.exists(trunk_path):
-        with open(done_path) as f:
-            info = json.load(f)
-        print(f"[{STAGE}] already trained ({done_path}); skipping. Delete "
-              f"{out} to train again.")
-        return info
-    os.makedirs(out, exist_ok=True)
-    configs_lib.save(config, os.path.join(out, "config.yaml"))
-    budget = stage_config(config)
-    d = config.data
-
-    builder = get_builder(tfds_name, data_dir=data_dir, manual_dir=manual_dir)
-    image_key, label_key, num_classes = dataset_keys(builder)
-    train_split, val_split = resolve_splits(builder, split, val_split)
-    spe = budget.steps_per_epoch or math.ceil(
-        num_examples(builder, train_split) / d.batch_size)
-    if not spe:
-        raise ValueError(
-            f"The size of {tfds_name} split {train_split!r} is unknown: set "
-            "the stage's steps_per_epoch (e.g. --override "
-            "shop.steps_per_epoch=1000)"
-        )
-    common = dict(image_size=d.image_size, batch_size=d.batch_size,
-                  seed=config.seed, image_key=image_key, label_key=label_key)
-    train_ds = make_dataset(builder, train_split, training=True,
-                            shuffle_buffer=d.shuffle_buffer, **common)
-    val_ds = make_dataset(builder, val_split, training=False, **common)
-
-    strategy = distribute.get_strategy(config.runtime.strategy)
-    distribute.set_precision(config.runtime.mixed_precision)
-    keras.utils.set_random_seed(config.seed)
-    with strategy.scope():
-        net = training.build_mtn(config, _PLACEHOLDER_SCHEMA)
-        classifier = build_classifier(net, num_classes)
-        classifier.compile(
-            optimizer=training.make_optimizer(budget, spe * budget.epochs),
-            loss="sparse_categorical_crossentropy",
-            metrics=[keras.metrics.SparseCategoricalAccuracy(name="acc"),
-                     keras.metrics.SparseTopKCategoricalAccuracy(
-                         k=min(5, num_classes), name="top5")],
-            jit_compile=config.runtime.jit_compile,
-        )
-
-    best_path = os.path.join(out, "best.weights.h5")
-    best = training.BestWeights(classifier, best_path, monitor="val_loss")
-    callbacks = [
-        keras.callbacks.BackupAndRestore(
-            os.path.join(out, "backup"),
-            save_freq=config.runtime.backup_every_steps or "epoch"),
-        best,
-        keras.callbacks.CSVLogger(os.path.join(out, "history.csv"),
-                                  append=True),
-        keras.callbacks.TensorBoard(os.path.join(out, "logs"),
-                                    update_freq="epoch"),
-    ]
-    print(f"[{STAGE}] {tfds_name} ({num_classes} classes): {train_split} -> "
-          f"{budget.epochs} epochs x {spe} steps, validation {val_split}")
-    start = time.time()
-    history = classifier.fit(
-        train_ds, epochs=budget.epochs, steps_per_epoch=spe,
-        validation_data=val_ds,
-        validation_steps=budget.validation_steps or None,
-        callbacks=callbacks, verbose=verbose,
-    )
-    if os.path.exists(best_path):
-        classifier.load_weights(best_path)
-    info = {
-        "stage": STAGE, "tfds_name": tfds_name, "split": train_split,
-        "val_split": val_split, "num_classes": num_classes,
-        "epochs": budget.epochs, "steps_per_epoch": spe,
-        "steps": spe * budget.epochs,
-        "seconds": round(time.time() - start, 1),
-        "best_val_loss": best.best,
-        "last_epoch": {k: float(v[-1]) for k, v in history.history.items()
-                       if v},
-        "model": _model_metadata(config, net),
-        "trunk": trunk_path,
-    }
-    if distribute.is_chief():
-        save_trunk(net, trunk_path, metadata={
-            "tfds_name": tfds_name, "num_classes": num_classes,
-            "model": info["model"], "best_val_loss": best.best})
-        training.write_json(done_path, info)
-    return info

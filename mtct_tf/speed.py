@@ -4,7 +4,7 @@
 
 1. the float32 and bfloat16 matrix-multiply peak through TensorFlow
    (square matmuls, warm-up, best of several): the reference limit;
-2. the MTN training step (``CrossDomainModel.train_on_batch``: forward,
+2. the MTN training step (``MTNTrainer.train_on_batch``: forward,
    backward and Adam update, the step ``fit`` runs) at the ``paper`` and
    ``small`` presets in float32 and ``mixed_bfloat16``: FLOPs per image,
    images/s and utilisation = FLOPs x images/s / float32 peak;
@@ -41,6 +41,8 @@ import subprocess
 import sys
 import tempfile
 import time
+
+from mtct_tf import fileio
 
 PAPER_BATCH = 16
 SMALL_BATCH = 32
@@ -182,7 +184,7 @@ def _schema():
 
 def build_trainer(preset, precision, *, image_size=None, jit_compile=False,
                   seed=0, learning_rate=1e-3):
-    """An ``MTN`` in a compiled ``CrossDomainModel``, as ``training`` makes.
+    """An ``MTN`` in a compiled ``MTNTrainer``, as ``training`` makes.
 
     The dtype policy is set only while the network is built, so trainers
     of both precisions can live (and alternate) in one process.
@@ -196,7 +198,7 @@ def build_trainer(preset, precision, *, image_size=None, jit_compile=False,
     distribute.set_precision(precision)
     try:
         net = model_lib.MTN(_schema(), preset=preset, image_size=image_size)
-        trainer = transfer.CrossDomainModel(net)
+        trainer = transfer.MTNTrainer(net)
         trainer.compile(optimizer=keras.optimizers.Adam(learning_rate),
                         jit_compile=jit_compile)
     finally:
@@ -829,9 +831,7 @@ def run_speed(out_path="docs/BENCHMARKS.md", *, quick=False, detector=None,
     # Written whole or not at all: a kill here keeps the previous report.
     for path, text in ((json_path, json.dumps(results, indent=1)),
                        (out_path, render_report(results))):
-        with open(f"{path}.tmp", "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(f"{path}.tmp", path)
+        fileio.write_text(path, text)
     log(f"[speed] {results['seconds']:.0f} s; wrote {out_path} and "
         f"{json_path}")
     if own_tmp:
@@ -1149,7 +1149,7 @@ def render_report(results):
                   f"{_f(peak['bf16_over_f32'], 2)}x.", ""]
 
     lines += ["## 2. Training step", "",
-              "`CrossDomainModel.train_on_batch` (forward, backward, Adam "
+              "`MTNTrainer.train_on_batch` (forward, backward, Adam "
               "update: the step `fit` runs) on a fixed random batch; the "
               "first step (tracing) and a first full round (still 1.3-1.8x "
               "slower) are not timed. Each round times one step per "

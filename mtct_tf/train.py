@@ -60,16 +60,16 @@ def main(argv=None):
     from mtct_tf import training
 
     try:
+        options = {}
         if args.stage == "pretrain":
             from mtct_tf import pretrain
 
             if not args.tfds_name:
                 raise configs.ConfigError("--stage pretrain needs --tfds_name")
-            pretrain.run(config, args.model_dir, tfds_name=args.tfds_name,
-                         data_dir=args.tfds_data_dir,
-                         manual_dir=args.manual_dir)
-        else:
-            training.run(config, args.model_dir, args.stage)
+            options["source"] = pretrain.TfdsSource(
+                args.tfds_name, data_dir=args.tfds_data_dir,
+                manual_dir=args.manual_dir)
+        training.run(config, args.model_dir, args.stage, **options)
     except (configs.ConfigError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

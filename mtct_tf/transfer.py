@@ -1,16 +1,17 @@
-"""``CrossDomainModel``: the multi-task and curriculum-transfer training step.
+"""``MTNTrainer``: the multi-task and curriculum-transfer training step.
 
-One ``keras.Model`` subclass trains every stage and baseline:
+One ``keras.Model`` subclass trains the MTN in every stage and baseline
+(``stages.py`` builds it):
 
-* shop stage, UD, FTT: ``CrossDomainModel(net)`` with no cross-domain loss;
+* shop stage, UD, FTT: ``MTNTrainer(net)`` with no cross-domain loss;
   batches are ``(images, {attribute: labels})``.
-* MTCT street stage: ``CrossDomainModel(street_net, shop_net, kind=...)``;
-  ``shop_net`` is the frozen stage-1 network ``f_s``, ``street_net`` the
-  network ``f_t`` being fine-tuned (initialised from it). Batches are
-  triplets ``({"image", "positive", "negative"}, {"street": labels,
-  "shop": labels})``: street anchor, shop image of the same item, shop image
-  of another item.
-* end-to-end: ``CrossDomainModel(net, None, kind=..., shop_loss_weight=1)``:
+* MTCT street stage: ``MTNTrainer(street_net, shop_net, cross_domain=
+  config.street.cross_domain)``; ``shop_net`` is the frozen stage-1 network
+  ``f_s``, ``street_net`` the network ``f_t`` being fine-tuned (initialised
+  from it). Batches are triplets ``({"image", "positive", "negative"},
+  {"street": labels, "shop": labels})``: street anchor, shop image of the
+  same item, shop image of another item.
+* end-to-end: ``MTNTrainer(net, None, cross_domain=..., shop_loss_weight=1)``:
   ``f_s = f_t = net``, all trainable, shop labels supervised in the same
   step.
 
@@ -34,18 +35,22 @@ instead.
 Under a ``tf.distribute`` strategy each replica holds a share of the global
 batch and the optimiser sums the replicas' gradients. Each masked mean is
 therefore divided by the *global* count of its labels (all-reduced across
-replicas, one small all-reduce per step) and the triplet mean by the global
-number of triplets: the replicas' losses add up to exactly the loss of the
+replicas, one small all-reduce per step; ``losses.global_counts`` and
+``losses.global_shares``) and the triplet mean by the global number of
+triplets: the replicas' losses add up to exactly the loss of the
 global batch, and so do their gradients, even when replicas hold different
 numbers of labels. (Dividing each replica's own mean by the number of
 replicas would weight a label on a sparsely labelled replica more than one
 on a densely labelled replica.) The tracked metrics report global values.
 """
 
+import dataclasses
+
 import keras
 import tensorflow as tf
 
 from mtct_tf import attributes as attributes_lib
+from mtct_tf import configs as configs_lib
 from mtct_tf import losses as losses_lib
 
 # Training-time recall of multilabel heads counts the k best of each image.
@@ -56,95 +61,50 @@ def _mean_loss(value):
     return keras.metrics.Mean(name=value)
 
 
-def _num_replicas():
-    context = tf.distribute.get_replica_context()
-    return 1 if context is None else context.num_replicas_in_sync
-
-
-def _global_sum(value):
-    """``value`` summed over the replicas (itself with one replica)."""
-    if _num_replicas() == 1:
-        return value
-    return tf.distribute.get_replica_context().all_reduce(
-        tf.distribute.ReduceOp.SUM, value)
-
-
-def _label_count(labels):
-    """Labelled entries of a label tensor (-1 = missing), as float32.
-
-    The count ``losses.multitask_loss`` divides by: labelled samples of a
-    softmax attribute, known entries of a multi-label one.
-    """
-    return tf.reduce_sum(tf.cast(tf.convert_to_tensor(labels) >= 0,
-                                 tf.float32))
-
-
-def _global_counts(counts):
-    """(local, global) float32 vectors of label counts: one all-reduce.
-
-    The counts depend on the labels only, so the all-reduce runs before the
-    forward pass and does not wait for it.
-    """
-    local = tf.stack(counts)
-    return local, tf.stop_gradient(_global_sum(local))
-
-
-def _globalize(means, local, total):
-    """Turns replica-local means into shares of the global-batch means.
-
-    ``mean_r * max(n_r, 1) / max(N, 1)``, with ``n_r`` the replica's count
-    (``local``) and ``N`` its sum over replicas (``total``): the shares add
-    up over replicas to ``sum of values / N``, the mean over the global
-    batch. The factor is a constant for the gradient. With one replica the
-    means are returned unchanged.
-    """
-    if _num_replicas() == 1:
-        return list(means)
-    factors = tf.maximum(local, 1.0) / tf.maximum(total, 1.0)
-    return [m * tf.cast(factors[i], m.dtype) for i, m in enumerate(means)]
-
-
 @keras.saving.register_keras_serializable(package="mtct_tf")
-class CrossDomainModel(keras.Model):
+class MTNTrainer(keras.Model):
     """Trains an ``MTN`` with multi-task and cross-domain losses.
 
     Args:
-        street: the ``MTN`` being trained (``f_t``).
-        shop: the frozen stage-1 ``MTN`` (``f_s``), or ``None`` to use
-            ``street`` for both (end-to-end training).
-        kind: cross-domain loss: ``"none"``, ``"contrastive"``,
-            ``"triplet"``, ``"tste_poster"`` or ``"tste_canonical"``.
-        weight: weight of the cross-domain loss.
-        alpha, beta, margin, normalize: cross-domain loss parameters
-            (``beta=0`` means the canonical ``-(alpha + 1) / 2``, ``margin=0``
-            the loss's default).
+        net: the ``MTN`` being trained (``f_t``).
+        shop_net: the frozen stage-1 ``MTN`` (``f_s``), or ``None`` to use
+            ``net`` for both (end-to-end training).
+        cross_domain: a ``configs.CrossDomainConfig`` (kind, weight and the
+            loss's parameters: ``beta=0`` means the canonical
+            ``-(alpha + 1) / 2``, ``margin=0`` the loss's default), a dict
+            of its fields, or ``None``: no cross-domain loss.
         attribute_weights: dict attribute -> weight of its cross-entropy
             (default 1 each).
         shop_loss_weight: weight of the cross-entropy on the positives' shop
             labels (end-to-end training); 0 leaves shop labels unused.
     """
 
-    def __init__(self, street, shop=None, kind="none", weight=1.0, alpha=1.0,
-                 beta=0.0, margin=0.0, normalize=True,
+    def __init__(self, net, shop_net=None, cross_domain=None,
                  attribute_weights=None, shop_loss_weight=0.0, **kwargs):
         super().__init__(**kwargs)
-        if kind not in losses_lib.CROSS_DOMAIN_KINDS:
+        if cross_domain is None:
+            cross_domain = configs_lib.CrossDomainConfig(kind="none")
+        elif isinstance(cross_domain, dict):
+            cross_domain = configs_lib.CrossDomainConfig(**cross_domain)
+        kind = cross_domain.kind
+        if kind not in configs_lib.CROSS_DOMAIN_KINDS:
             raise ValueError(
-                f"`kind` must be one of {losses_lib.CROSS_DOMAIN_KINDS}. "
+                f"`kind` must be one of {configs_lib.CROSS_DOMAIN_KINDS}. "
                 f"Received: kind={kind!r}"
             )
-        self.street = street
-        self.shop = shop
-        if shop is not None:
-            shop.trainable = False
+        self.net = net
+        self.shop_net = shop_net
+        if shop_net is not None:
+            shop_net.trainable = False
+        self.cross_domain = dataclasses.replace(cross_domain)
         self.kind = kind
-        self.weight = float(weight)
-        self.alpha = float(alpha)
-        self.beta = float(beta)
-        self.margin = float(margin)
-        self.normalize = bool(normalize)
-        self.attribute_names = tuple(street.num_values)
-        kinds = getattr(street, "kinds", None) or {}
+        self.weight = float(cross_domain.weight)
+        self.alpha = float(cross_domain.alpha)
+        self.beta = float(cross_domain.beta)
+        self.margin = float(cross_domain.margin)
+        self.normalize = bool(cross_domain.normalize)
+        self.attribute_names = tuple(net.num_values)
+        kinds = getattr(net, "kinds", None) or {}
         self.kinds = {a: kinds.get(a, attributes_lib.SOFTMAX)
                       for a in self.attribute_names}
         self.attribute_weights = dict(attribute_weights or {})
@@ -166,7 +126,7 @@ class CrossDomainModel(keras.Model):
             if self.kinds[a] == attributes_lib.SOFTMAX}
         self.attr_recall = {
             a: _mean_loss(f"{a}_top{TRACKED_TOP_K}_recall"
-                          if street.num_values[a] > TRACKED_TOP_K
+                          if net.num_values[a] > TRACKED_TOP_K
                           else f"{a}_binary_acc")
             for a in self.attribute_names
             if self.kinds[a] == attributes_lib.MULTILABEL}
@@ -185,7 +145,7 @@ class CrossDomainModel(keras.Model):
     def call(self, inputs, training=False):
         if isinstance(inputs, dict):
             inputs = inputs["image"]
-        return self.street(inputs, training=training)
+        return self.net(inputs, training=training)
 
     def _unpack(self, data):
         x, y = data[0], data[1]
@@ -198,7 +158,7 @@ class CrossDomainModel(keras.Model):
         """The losses of a batch.
 
         Under a strategy with several replicas the losses are this
-        replica's shares of the global-batch losses (``_globalize``): they
+        replica's shares of the global-batch losses (``losses.global_shares``): they
         add up over the replicas to the global values.
 
         Returns:
@@ -209,26 +169,26 @@ class CrossDomainModel(keras.Model):
         names = self.attribute_names
         use_triplets = self.kind != "none" and "positive" in x
         use_shop = bool(self.shop_loss_weight) and shop_labels is not None
-        counts = [_label_count(street_labels[a]) for a in names]
+        counts = [losses_lib.label_count(street_labels[a]) for a in names]
         if use_triplets:
             counts.append(tf.cast(tf.shape(x["image"])[0], tf.float32))
         if use_shop:
-            counts += [_label_count(shop_labels[a]) for a in names]
-        local, total_counts = _global_counts(counts)
+            counts += [losses_lib.label_count(shop_labels[a]) for a in names]
+        local, total_counts = losses_lib.global_counts(counts)
 
-        outputs = self.street(x["image"], training=training)
+        outputs = self.net(x["image"], training=training)
         preds = {a: outputs[a] for a in names}
         _, per_attr = losses_lib.multitask_loss(
             street_labels, preds, self.attribute_weights, kinds=self.kinds
         )
         means = [per_attr[a] for a in names]
         if use_triplets or use_shop:
-            f_s = self.shop if self.shop is not None else self.street
-            s_training = training and self.shop is None
+            f_s = self.shop_net if self.shop_net is not None else self.net
+            s_training = training and self.shop_net is None
             pos_out = f_s(x["positive"], training=s_training)
         if use_triplets:
             neg_shop = f_s(x["negative"], training=s_training)["embedding"]
-            neg_street = self.street(x["negative"], training=training)
+            neg_street = self.net(x["negative"], training=training)
             per_triplet = losses_lib.cross_domain_loss(
                 self.kind, outputs["embedding"], pos_out["embedding"],
                 neg_shop, neg_street["embedding"], alpha=self.alpha,
@@ -245,7 +205,7 @@ class CrossDomainModel(keras.Model):
                 self.attribute_weights, kinds=self.kinds,
             )
             means += [shop_attr[a] for a in names]
-        shares = _globalize(means, local, total_counts)
+        shares = losses_lib.global_shares(means, local, total_counts)
         k = len(names)
         per_attr = dict(zip(names, shares[:k]))
         ce = self._weighted(per_attr)
@@ -271,7 +231,7 @@ class CrossDomainModel(keras.Model):
     def _track(self, total, ce, cross, per_attr, preds, labels, labelled):
         # Replica shares times the number of replicas: the metrics' mean
         # over replicas (and their cross-replica reads) is the global value.
-        replicas = _num_replicas()
+        replicas = losses_lib.num_replicas()
         if replicas > 1:
             total, ce, cross = (v * replicas for v in (total, ce, cross))
             per_attr = {a: v * replicas for a, v in per_attr.items()}
@@ -366,15 +326,11 @@ class CrossDomainModel(keras.Model):
     def get_config(self):
         return {
             **super().get_config(),
-            "street": keras.saving.serialize_keras_object(self.street),
-            "shop": (None if self.shop is None
-                     else keras.saving.serialize_keras_object(self.shop)),
-            "kind": self.kind,
-            "weight": self.weight,
-            "alpha": self.alpha,
-            "beta": self.beta,
-            "margin": self.margin,
-            "normalize": self.normalize,
+            "net": keras.saving.serialize_keras_object(self.net),
+            "shop_net": (None if self.shop_net is None
+                         else keras.saving.serialize_keras_object(
+                             self.shop_net)),
+            "cross_domain": dataclasses.asdict(self.cross_domain),
             "attribute_weights": self.attribute_weights,
             "shop_loss_weight": self.shop_loss_weight,
         }
@@ -382,13 +338,10 @@ class CrossDomainModel(keras.Model):
     @classmethod
     def from_config(cls, config):
         config = dict(config)
-        config["street"] = keras.saving.deserialize_keras_object(
-            config["street"]
-        )
-        if config.get("shop") is not None:
-            config["shop"] = keras.saving.deserialize_keras_object(
-                config["shop"]
-            )
+        for key in ("net", "shop_net"):
+            if config.get(key) is not None:
+                config[key] = keras.saving.deserialize_keras_object(
+                    config[key])
         return cls(**config)
 
 

@@ -18,7 +18,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from mtct_tf import attributes, configs, evaluation, training, transfer
+from mtct_tf import attributes, configs, evaluation, runs, training, transfer
 from mtct_tf import model as model_lib
 from mtct_tf.attributes import MISSING, MULTILABEL, Attribute, AttributeSchema
 from mtct_tf.data import convert, deepfashion, deepfashion2, pipeline
@@ -646,7 +646,7 @@ def test_mtn_multilabel_head_is_an_independent_sigmoid(tmp_path):
     assert "kinds" not in softmax_only.get_config()
     path = str(tmp_path / "m.keras")
     net.save(path)
-    loaded = training.load_mtn(path)
+    loaded = runs.load_mtn(path)
     assert loaded.kinds == net.kinds
     np.testing.assert_allclose(loaded.predict_on_batch(x)["colour"],
                                out["colour"], rtol=1e-5)
@@ -657,7 +657,7 @@ def test_mtn_multilabel_head_is_an_independent_sigmoid(tmp_path):
 
 def test_train_step_loss_and_recall_against_numpy():
     net = model_lib.MTN(MIXED, preset="tiny", image_size=16, dropout=0.0)
-    trainer = transfer.CrossDomainModel(net)
+    trainer = transfer.MTNTrainer(net)
     trainer.compile(optimizer=keras.optimizers.SGD(0.0))
     names = [m.name for m in trainer.metrics]
     assert "colour_top3_recall" in names and "colour_acc" not in names
@@ -691,7 +691,7 @@ def test_small_multilabel_heads_track_binary_accuracy_against_numpy():
     net = model_lib.MTN({"category": 3, "hood": 1, "colour": 4},
                         preset="tiny", image_size=16, dropout=0.0,
                         kinds={"hood": MULTILABEL, "colour": MULTILABEL})
-    trainer = transfer.CrossDomainModel(net)
+    trainer = transfer.MTNTrainer(net)
     trainer.compile(optimizer=keras.optimizers.SGD(0.0))
     names = [m.name for m in trainer.metrics]
     assert "hood_binary_acc" in names and "colour_top3_recall" in names
@@ -833,7 +833,7 @@ def test_single_attribute_type_converts_trains_evaluates_and_exports(
     assert list(ml["groups"]) == ["colour", "pattern", "sleeve", "hood"]
     assert ml["num_attributes"] == 9
 
-    net = training.load_mtn(os.path.join(model_dir, "street", "model.keras"))
+    net = runs.load_mtn(os.path.join(model_dir, "street", "model.keras"))
     assert net.num_values["hood"] == 1
     version_dir = export_lib.export_saved_model(net, schema,
                                                 str(tmp_path / "serving"))
@@ -877,7 +877,7 @@ def test_df2_end_to_end_shop_stage(df2, tmp_path):
     done = training.run(_config("deepfashion2", shards), model_dir,
                         stage="shop", verbose=0)
     assert done["shop"]["steps"] == 1
-    net = training.load_mtn(os.path.join(model_dir, "shop", "model.keras"))
+    net = runs.load_mtn(os.path.join(model_dir, "shop", "model.keras"))
     assert net.num_values == {"category": 13}
 
 

@@ -245,7 +245,7 @@ def test_mixed_float16_step_unscales_the_loss_scale():
         keras.utils.set_random_seed(0)
         net = model_lib.MTN({"colour": 3, "sleeve": 2}, preset="tiny",
                             image_size=16)
-        trainer = transfer.CrossDomainModel(net)
+        trainer = transfer.MTNTrainer(net)
         optimizer = keras.optimizers.SGD(1e-3)
         if initial_scale is not None:
             optimizer = keras.optimizers.LossScaleOptimizer(
@@ -307,7 +307,7 @@ def _mirrored_main():
         cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import keras
 
-    from mtct_tf import distribute
+    from mtct_tf import configs, distribute, losses
     from mtct_tf import model as model_lib
     from mtct_tf import transfer
 
@@ -333,11 +333,13 @@ def _mirrored_main():
             distribute.sync_batch_norm(net,
                                        strategy.num_replicas_in_sync > 1)
             if kind == "none":
-                trainer = transfer.CrossDomainModel(net)
+                trainer = transfer.MTNTrainer(net)
                 data = (x["image"], street)
             else:
-                trainer = transfer.CrossDomainModel(net, None, kind=kind,
-                                                    shop_loss_weight=1.0)
+                trainer = transfer.MTNTrainer(
+                    net, None,
+                    cross_domain=configs.CrossDomainConfig(kind=kind),
+                    shop_loss_weight=1.0)
                 data = (x, {"street": street, "shop": shop})
             # Eager: no tracing, a few seconds per step on a CPU.
             trainer.compile(optimizer=keras.optimizers.SGD(1.0),
@@ -363,13 +365,13 @@ def _mirrored_main():
         two, two_logs = step(mirrored, kind)
         out[kind] = {"rel_diff": rel(two, one), "one": one_logs,
                      "two": two_logs}
-    globalize = transfer._globalize
-    transfer._globalize = lambda means, local, total: [
+    globalize = losses.global_shares
+    losses.global_shares = lambda means, local, total: [
         m / 2.0 for m in means]
     try:
         naive, _ = step(mirrored, "none")
     finally:
-        transfer._globalize = globalize
+        losses.global_shares = globalize
     one, _ = step(tf.distribute.get_strategy(), "none")
     out["naive_rel_diff"] = rel(naive, one)
     print("RESULT " + json.dumps(out))
@@ -423,18 +425,18 @@ def _train_main(model_dir, out, *overrides):
         def on_train_batch_end(self, batch, logs=None):
             losses.append(float(np.ravel(logs["loss"])[0]))
 
-    fit = transfer.CrossDomainModel.fit
+    fit = transfer.MTNTrainer.fit
 
     def capture(self, *args, **kwargs):
         trainers.append(self)
-        np.savez(out + ".init.npz", *self.street.get_weights())
+        np.savez(out + ".init.npz", *self.net.get_weights())
         kwargs["callbacks"] = list(kwargs["callbacks"]) + [Steps()]
         return fit(self, *args, **kwargs)
 
-    transfer.CrossDomainModel.fit = capture
+    transfer.MTNTrainer.fit = capture
     config = configs.build("demo", None, list(overrides))
     info = training.train_stage(config, model_dir, "shop", verbose=0)
-    np.savez(out, *trainers[0].street.get_weights())
+    np.savez(out, *trainers[0].net.get_weights())
     usage = resource.getrusage(resource.RUSAGE_SELF)
     print("RESULT " + json.dumps({"info": info, "losses": losses,
                                   "cpu_s": usage.ru_utime + usage.ru_stime}))

@@ -1,6 +1,9 @@
 """predict: the library (run dir / .keras / SavedModel) and the CLI."""
 
 import os
+import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -16,7 +19,7 @@ from test_export import (
     make_net,
 )
 
-from mtct_tf import configs, export_lib, predict, predicting
+from mtct_tf import attributes, configs, export_lib, predict, predicting, runs
 
 
 @pytest.fixture(scope="module")
@@ -57,13 +60,13 @@ def test_run_directory_uses_the_last_stage_and_the_run_schema(setup, tmp_path):
     configs.save(config, str(tmp_path / "config.yaml"))
     os.makedirs(tmp_path / "street")
     export_lib.export_keras(net, str(tmp_path / "street" / "model.keras"))
-    net2, schema, margin = export_lib.load_model_and_schema(str(tmp_path))
+    net2, schema, margin = runs.load_model_and_schema(str(tmp_path))
     assert schema == SCHEMA and margin == 0.2
     a = predicting.load_predictor(str(tmp_path)).predict_file(photo)
     b = predicting.load_predictor(keras_path).predict_file(photo)
     assert a.top == b.top
     with pytest.raises(FileNotFoundError, match="shop"):
-        export_lib.load_model_and_schema(str(tmp_path), stage="shop")
+        runs.load_model_and_schema(str(tmp_path), stage="shop")
 
 
 def test_keras_with_detector_equals_the_exported_saved_model(setup):
@@ -157,3 +160,41 @@ def test_a_keras_file_without_schema_asks_for_one(setup, tmp_path):
         predicting.load_predictor(path)
     assert predicting.load_predictor(
         path, schema=str(setup[4] / "schema.json")).schema == SCHEMA
+
+
+def test_a_schema_with_other_value_names_is_refused_naming_the_attribute(
+        setup, tmp_path, capsys):
+    """Heads of the same sizes, values in another order: export and
+    predict would serve wrong labels, so both refuse, naming the
+    attribute."""
+    net, keras_path, photo, _, root = setup
+    first = SCHEMA.attributes[0]
+    values = tuple(reversed(first.values))
+    other = attributes.AttributeSchema(
+        "reordered", [attributes.Attribute(first.name, values, first.kind),
+                      *SCHEMA.attributes[1:]])
+    assert other.num_values == SCHEMA.num_values
+    other_path = str(tmp_path / "other.json")
+    other.save(other_path)
+    want = (f"attribute {first.name!r}: values {first.values} in the model, "
+            f"{values} in the data")
+    with pytest.raises(ValueError, match=re.escape(want)):
+        runs.load_model_and_schema(keras_path, schema=other_path)
+    with pytest.raises(ValueError, match=re.escape(want)):
+        predicting.load_predictor(keras_path, schema=other_path)
+    assert predict.main([photo, "--model", keras_path, "--schema",
+                         other_path]) == 2
+    assert want in capsys.readouterr().err
+    script = os.path.join(os.path.dirname(__file__), os.pardir, "export",
+                          "export_saved_model.py")
+    proc = subprocess.run(
+        [sys.executable, script, "--model", keras_path, "--schema",
+         other_path, "--export_dir", str(tmp_path / "serving")],
+        capture_output=True, text=True, timeout=600,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert want in proc.stderr
+    assert not os.path.exists(tmp_path / "serving" / "mtct" / "1")
+    # The schema it was trained with is accepted.
+    assert runs.load_model_and_schema(
+        keras_path, schema=str(root / "schema.json"))[1] == SCHEMA

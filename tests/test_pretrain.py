@@ -6,8 +6,14 @@ random JPEGs; ``download_and_prepare`` becomes a no-op, so the manual
 directory is never read. Every split of a mock serves the same examples.
 """
 
+import csv
 import json
 import os
+import random
+import signal
+import subprocess
+import sys
+import time
 import types
 
 import h5py
@@ -17,9 +23,10 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from mtct_tf import configs, pretrain, training
+from mtct_tf import configs, pretrain, stages, training
 from mtct_tf import model as model_lib
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 S = 32
 SCHEMA = {"colour": 4, "sleeve": 2}
 
@@ -51,9 +58,11 @@ def pretrained(tmp_path_factory):
     model_dir = str(tmp_path_factory.mktemp("pretrain_run"))
     config = _config()
     with _mock():
-        info = pretrain.run(config, model_dir, tfds_name="imagenet2012",
-                            manual_dir=os.path.join(model_dir, "manual"),
-                            val_split="validation", verbose=0)
+        info = training.run(config, model_dir, "pretrain", verbose=0,
+                            source=pretrain.TfdsSource(
+                                "imagenet2012",
+                                manual_dir=os.path.join(model_dir, "manual"),
+                                val_split="validation"))["pretrain"]
     return config, model_dir, info
 
 
@@ -79,8 +88,10 @@ def test_stage0_writes_its_outputs(pretrained):
     assert metadata["model"]["width"] == model_lib.PRESETS["tiny"]["width"]
     # A finished stage is not trained again.
     with _mock():
-        again = pretrain.run(config, model_dir, tfds_name="imagenet2012",
-                             val_split="validation", verbose=0)
+        again = training.run(config, model_dir, "pretrain", verbose=0,
+                             source=pretrain.TfdsSource(
+                                 "imagenet2012",
+                                 val_split="validation"))["pretrain"]
     assert again == json.loads(json.dumps(info))
 
 
@@ -88,7 +99,7 @@ def test_shop_net_starts_from_the_pretrained_trunk(pretrained, capsys):
     config, model_dir, _ = pretrained
     # The reference, independent of our trunk file: the best classifier,
     # reloaded through Keras' own weights format.
-    reference_net = training.build_mtn(config, {"unused": 2})
+    reference_net = stages.build_mtn(config, {"unused": 2})
     classifier = pretrain.build_classifier(reference_net, 1000)
     classifier.load_weights(
         os.path.join(model_dir, "pretrain", "best.weights.h5"))
@@ -96,7 +107,7 @@ def test_shop_net_starts_from_the_pretrained_trunk(pretrained, capsys):
     assert classifier.get_layer("pretrain_logits").kernel.shape == (32, 1000)
 
     keras.utils.set_random_seed(1)
-    net = training.build_mtn(config, SCHEMA)
+    net = stages.build_mtn(config, SCHEMA)
     fresh_branches = {layer.name: _arrays(layer.weights)
                       for layer in net.branch_layers() if layer.weights}
     initial_trunk = {k: _arrays(v)
@@ -160,7 +171,7 @@ def test_missing_and_unexpected_layers_are_reported(pretrained, tmp_path,
         keys.append("extra")
         f.attrs["layer_keys"] = json.dumps(keys)
 
-    net = training.build_mtn(config, SCHEMA)
+    net = stages.build_mtn(config, SCHEMA)
     before = _arrays(net.get_layer("conv3_1_bn").weights)
     untouched = _arrays(net.get_layer("conv1").weights)
     with pytest.raises(ValueError, match=r"missing \['conv3_1_bn'\]"):
@@ -238,7 +249,8 @@ def test_split_resolution_and_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="pass val_split"):
         pretrain.resolve_splits(fake({}))
     with pytest.raises(ValueError, match="--tfds_name"):
-        pretrain.run(_config(), str(tmp_path), tfds_name=None)
+        training.run(_config(), str(tmp_path), "pretrain",
+                     source=pretrain.TfdsSource(None))
     with pytest.raises(FileNotFoundError, match="--stage pretrain"):
         pretrain.restore_trunk(None, str(tmp_path / "nothing.weights.h5"))
     with pytest.raises(FileNotFoundError, match="run --stage pretrain"):
@@ -284,3 +296,98 @@ def test_shop_stage_init_from_restores_the_trunk(pretrained, tiny_shards,
             np.testing.assert_array_equal(got, want)
     assert not seen["branches_changed"]
     assert os.path.isfile(str(tmp_path / "run" / "shop" / "done.json"))
+
+
+# --------------------------------------------------------------------------
+# Stage 0 killed with SIGKILL, then rerun: it resumes like the other stages.
+
+_KILL_EPOCHS, _KILL_STEPS = 2, 3
+_STAGE0_SCRIPT = """
+import os, sys
+import tensorflow_datasets as tfds
+from mtct_tf import configs, pretrain, training
+model_dir = sys.argv[1]
+config = configs.build("demo", overrides=sys.argv[2:])
+with tfds.testing.mock_data(num_examples=8,
+                            policy=tfds.testing.MockPolicy.USE_CODE):
+    training.run(config, model_dir, "pretrain", verbose=0,
+                 source=pretrain.TfdsSource(
+                     "imagenet2012", val_split="validation",
+                     manual_dir=os.path.join(model_dir, "manual")))
+"""
+
+
+def _stage0_command(model_dir):
+    overrides = {"model.preset": "tiny", "data.image_size": S,
+                 "data.batch_size": 4, "data.shuffle_buffer": 8,
+                 "pretrain.epochs": _KILL_EPOCHS,
+                 "pretrain.steps_per_epoch": _KILL_STEPS,
+                 "pretrain.validation_steps": 1,
+                 "runtime.backup_every_steps": 1}
+    return [sys.executable, "-c", _STAGE0_SCRIPT, model_dir,
+            *(f"{k}={v}" for k, v in overrides.items())]
+
+
+def _history_epochs(folder):
+    path = os.path.join(folder, "history.csv")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [int(row["epoch"]) for row in csv.DictReader(f)]
+
+
+def _backup_state(folder):
+    try:
+        with open(os.path.join(folder, "backup",
+                               "training_metadata.json")) as f:
+            meta = json.load(f)
+        return meta["epoch"], meta["batch"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def test_stage0_killed_mid_epoch_resumes_from_its_backup(tmp_path):
+    """SIGKILL at a random step of stage 0's second epoch: the rerun
+    resumes in that epoch (epoch 0 is not trained again), through the same
+    fit loop, backup and write directory as the other stages."""
+    model_dir = str(tmp_path / "run")
+    folder = os.path.join(model_dir, "pretrain")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="",
+               PYTHONPATH=REPO)
+    rng = random.Random()
+    target = rng.randrange(_KILL_STEPS - 1)
+    delay = rng.uniform(0.0, 0.06)
+    proc = subprocess.Popen(_stage0_command(model_dir), env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 300
+    try:
+        while proc.poll() is None and time.time() < deadline:
+            state = _backup_state(folder)
+            if state is not None and state >= (1, target):
+                time.sleep(delay)
+                os.kill(proc.pid, signal.SIGKILL)
+                break
+            time.sleep(0.005)
+        out = proc.communicate(timeout=300)[0].decode(errors="replace")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    where = (target, round(delay, 3))
+    assert proc.returncode == -signal.SIGKILL, (where, out[-3000:])
+    assert not os.path.exists(os.path.join(folder, "done.json"))
+    assert _history_epochs(folder) == [0], where
+
+    again = subprocess.run(_stage0_command(model_dir), env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-3000:]
+    assert "Traceback" not in again.stderr, again.stderr[-3000:]
+    # Resumed in epoch 1, not started again from epoch 0.
+    assert _history_epochs(folder) == [0, 1], where
+    with open(os.path.join(folder, "done.json")) as f:
+        info = json.load(f)
+    assert info["steps"] == _KILL_EPOCHS * _KILL_STEPS
+    assert np.isfinite(info["best_val_loss"])
+    assert not os.path.exists(os.path.join(folder, "backup"))
+    weights, _ = pretrain.load_trunk(folder)
+    assert "conv1" in weights

@@ -35,7 +35,7 @@ import pytest
 from conftest import TINY_SCHEMA, build_tiny_dataset, write_manifest
 from PIL import Image
 
-from mtct_tf import attributes, export_lib, training
+from mtct_tf import attributes, callbacks, export_lib, fileio, runs, training
 from mtct_tf import model as model_lib
 from mtct_tf.data import convert, pipeline
 from mtct_tf.data.manifest import ManifestError
@@ -221,7 +221,7 @@ def _weights(net_or_path):
     """Trainable weights by path (BN statistics aside: they follow them)."""
     net = net_or_path
     if isinstance(net, str):
-        net = training.load_mtn(net)
+        net = runs.load_mtn(net)
         # The street stage freezes the trunk; compare every trainable
         # weight of the architecture.
         net.trainable = True
@@ -244,7 +244,7 @@ def test_backup_cut_by_a_kill_mid_write_still_resumes(tmp_path):
     model = _tiny_keras_model()
     folder = str(tmp_path / "backup")
     model.fit(_X, _Y, epochs=1, verbose=0,
-              callbacks=[training.Backup(folder, save_freq=1)])
+              callbacks=[callbacks.Backup(folder, save_freq=1)])
     kept = model.get_weights()
     # The backup outlives fit (train_stage removes it after done.json).
     assert _backup_state(str(tmp_path)) == (1, 0)
@@ -257,12 +257,12 @@ def test_backup_cut_by_a_kill_mid_write_still_resumes(tmp_path):
     model.save_weights = cut
     with pytest.raises(KeyboardInterrupt):
         model.fit(_X, _Y, epochs=2, initial_epoch=1, verbose=0,
-                  callbacks=[training.Backup(folder, save_freq=1)])
+                  callbacks=[callbacks.Backup(folder, save_freq=1)])
 
     keras.utils.set_random_seed(1)
     again = _tiny_keras_model()
     history = again.fit(_X, _Y, epochs=2, verbose=0,
-                        callbacks=[training.Backup(folder, save_freq=1)])
+                        callbacks=[callbacks.Backup(folder, save_freq=1)])
     assert history.epoch == [1]  # Resumed after epoch 0 ...
     # ... from its weights (one more epoch of Adam moves them a little).
     for a, b in zip(again.get_weights(), kept):
@@ -292,7 +292,7 @@ def test_damaged_or_foreign_backup_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match=re.escape(
             f"cannot resume from the backup in {folder} (")) as info:
         _tiny_keras_model().fit(_X, _Y, epochs=1, verbose=0,
-                                callbacks=[training.Backup(str(folder))])
+                                callbacks=[callbacks.Backup(str(folder))])
     assert "Delete that directory" in str(info.value)
 
 
@@ -316,26 +316,26 @@ def test_kill_between_training_and_done_json_does_not_train_again(
     config = _tiny_config(shards, **{"shop.epochs": 2,
                                      "runtime.backup_every_steps": 1})
     model_dir = str(tmp_path / "run")
-    real = training.write_json
+    real = fileio.write_json
 
-    def dying(path, obj):
+    def dying(path, obj, **kwargs):
         if path.endswith("done.json"):
             raise KeyboardInterrupt("killed (simulated)")
-        real(path, obj)
+        real(path, obj, **kwargs)
 
-    monkeypatch.setattr(training, "write_json", dying)
+    monkeypatch.setattr(fileio, "write_json", dying)
     with pytest.raises(KeyboardInterrupt):
         training.run(config, model_dir, "shop", verbose=0)
     shop = os.path.join(model_dir, "shop")
     assert _epochs(shop) == [0, 1]
     assert _backup_state(shop) == (2, 0)  # Both epochs are in the backup.
-    monkeypatch.setattr(training, "write_json", real)
+    monkeypatch.setattr(fileio, "write_json", real)
     result = training.run(config, model_dir, "shop", verbose=0)
     assert _epochs(shop) == [0, 1]  # Not [0, 1, 0, 1]: nothing retrained.
     assert result["shop"]["steps"] == 4
     assert os.path.exists(os.path.join(shop, "done.json"))
     assert not os.path.exists(os.path.join(shop, "backup"))
-    assert training.trained_schema(shop) == TINY_SCHEMA
+    assert runs.trained_schema(shop) == TINY_SCHEMA
 
 
 # --------------------------------------------------------------------------
@@ -857,7 +857,7 @@ def test_keras_files_with_code_are_refused_by_every_loader(tmp_path):
     keras.Model(inputs, outputs).save(path)
     os.remove(marker)  # Building the model ran it once.
     TINY_SCHEMA.save(str(tmp_path / "schema.json"))
-    for load in (training.load_mtn, export_lib.load_keras,
+    for load in (runs.load_mtn, runs.load_keras,
                  predicting.load_predictor):
         with pytest.raises(ValueError, match=re.escape(
                 f"{path}: cannot load it as a Keras model in safe mode") +
@@ -874,11 +874,11 @@ def test_keras_files_with_code_are_refused_by_every_loader(tmp_path):
     model.save(plain)
     with pytest.raises(ValueError, match=re.escape(
             f"{plain}: holds a Sequential, not an mtct_tf MTN")):
-        training.load_mtn(plain)
+        runs.load_mtn(plain)
     junk = tmp_path / "junk.keras"
     junk.write_bytes(b"PK\x03\x04 not really a zip")
     with pytest.raises(ValueError, match=re.escape(f"{junk}: cannot load")):
-        export_lib.load_keras(str(junk))
+        runs.load_keras(str(junk))
 
 
 def test_manifest_paths_stay_inside_the_dataset_root(tiny_dataset, tmp_path):

@@ -1,4 +1,4 @@
-"""CrossDomainModel: losses logged right, FC-only fine-tuning, serialisation."""
+"""MTNTrainer: losses logged right, FC-only fine-tuning, serialisation."""
 
 import keras
 import numpy as np
@@ -9,6 +9,7 @@ from mtct_tf import attributes
 from mtct_tf import losses
 from mtct_tf import model as model_lib
 from mtct_tf import transfer
+from mtct_tf.configs import CrossDomainConfig
 
 SCHEMA = attributes.AttributeSchema(
     "t", [attributes.Attribute("colour", ("red", "green", "blue")),
@@ -39,7 +40,7 @@ def _triplets():
 
 def test_shop_stage_logs_the_masked_multitask_loss():
     net = _net()
-    trainer = transfer.CrossDomainModel(net)
+    trainer = transfer.MTNTrainer(net)
     trainer.compile(optimizer=keras.optimizers.SGD(0.0))
     x = _images(0)
     logs = trainer.evaluate(x, LABELS, batch_size=B, verbose=0,
@@ -68,8 +69,8 @@ def test_street_stage_trains_only_the_branches():
     street = model_lib.MTN.from_config(shop.get_config())
     street.set_weights(shop.get_weights())
     transfer.freeze_trunk(street)
-    trainer = transfer.CrossDomainModel(street, shop, kind="tste_poster",
-                                        weight=0.5)
+    trainer = transfer.MTNTrainer(street, shop, cross_domain=CrossDomainConfig(
+        kind="tste_poster", weight=0.5))
     trainer.compile(optimizer=keras.optimizers.Adam(1e-2))
     before_shop = [w.copy() for w in shop.get_weights()]
     trunk_before = {v.path: np.array(v) for layer in street.trunk_layers()
@@ -96,8 +97,8 @@ def test_cross_domain_loss_moves_the_embedding():
     shop = _net(0)
     street = model_lib.MTN.from_config(shop.get_config())
     street.set_weights(shop.get_weights())
-    trainer = transfer.CrossDomainModel(street, shop, kind="tste_canonical",
-                                        weight=1.0)
+    trainer = transfer.MTNTrainer(street, shop, cross_domain=CrossDomainConfig(
+        kind="tste_canonical", weight=1.0))
     trainer.compile(optimizer=keras.optimizers.Adam(1e-2))
     first = trainer.evaluate(_triplets(), verbose=0, return_dict=True)
     trainer.fit(_triplets().repeat(30), epochs=1, verbose=0)
@@ -107,8 +108,9 @@ def test_cross_domain_loss_moves_the_embedding():
 
 def test_end_to_end_uses_shop_labels_through_one_network():
     net = _net()
-    trainer = transfer.CrossDomainModel(net, None, kind="triplet",
-                                        shop_loss_weight=1.0)
+    trainer = transfer.MTNTrainer(
+        net, None, cross_domain=CrossDomainConfig(kind="triplet"),
+        shop_loss_weight=1.0)
     trainer.compile(optimizer=keras.optimizers.SGD(0.0))
     logs = trainer.evaluate(_triplets(), verbose=0, return_dict=True)
     (x, y), = _triplets().as_numpy_iterator()
@@ -122,16 +124,16 @@ def test_end_to_end_uses_shop_labels_through_one_network():
 def test_serialisation_round_trip(tmp_path):
     shop = _net(0)
     street = model_lib.MTN.from_config(shop.get_config())
-    trainer = transfer.CrossDomainModel(street, shop, kind="contrastive",
-                                        weight=0.3, alpha=2.0)
+    trainer = transfer.MTNTrainer(street, shop, cross_domain=CrossDomainConfig(
+        kind="contrastive", weight=0.3, alpha=2.0))
     config = trainer.get_config()
-    again = transfer.CrossDomainModel.from_config(config)
+    again = transfer.MTNTrainer.from_config(config)
     assert again.kind == "contrastive" and again.weight == 0.3
-    assert again.shop is not None and not again.shop.trainable
+    assert again.shop_net is not None and not again.shop_net.trainable
 
 
 def test_unknown_kind_and_weights_are_errors():
     with pytest.raises(ValueError, match="kind"):
-        transfer.CrossDomainModel(_net(), kind="magic")
+        transfer.MTNTrainer(_net(), cross_domain={"kind": "magic"})
     with pytest.raises(ValueError, match="unknown attributes"):
-        transfer.CrossDomainModel(_net(), attribute_weights={"hat": 1.0})
+        transfer.MTNTrainer(_net(), attribute_weights={"hat": 1.0})

@@ -26,21 +26,20 @@ import collections
 import dataclasses
 import glob
 import io
-import json
 import math
 import multiprocessing
 import os
 import random
-import re
 import time
 import warnings
 
 import numpy as np
 from PIL import Image
 
-from mtct_tf import attributes
-from mtct_tf.data import features
+from mtct_tf import attributes, fileio
+from mtct_tf.data import features, shards
 from mtct_tf.data.manifest import ManifestError, read_manifest
+from mtct_tf.data.shards import SHARD_RE, shard_name  # noqa: F401
 
 # Larger images are refused before they are decoded: a small file can
 # declare a huge canvas (a "decompression bomb"), and no clothing photo needs
@@ -54,14 +53,11 @@ JPEG_QUALITY = 95
 AUTO_SHARD_BYTES = 100 * 2**20
 # The one detection class of our records (Model Garden counts classes from 1;
 # 0 is the background).
-GARMENT_CLASS = 1
 GARMENT_TEXT = "garment"
 SUMMARY = "summary.json"
 SCHEMA = "schema.json"
 SHARD_GLOB = "{split}-[0-9][0-9][0-9][0-9][0-9]-of-[0-9][0-9][0-9][0-9][0-9]" \
     ".tfrecord"
-SHARD_RE = re.compile(r"^(?P<split>[a-z]+)-(?P<index>\d{5})-of-(?P<count>\d{5})"
-                      r"\.tfrecord$")
 _CHUNK = 16  # Images per task sent to a worker process.
 # Starting a worker process costs about as much as checking a few hundred
 # images, so small conversions use fewer workers (or none).
@@ -70,11 +66,6 @@ _MIN_IMAGES_PER_WORKER = 256
 
 class ImageError(ManifestError):
     """An image file named by a manifest line is missing or not usable."""
-
-
-def shard_name(split, index, count):
-    """``train-00003-of-00008.tfrecord``-style name of one shard."""
-    return f"{split}-{index:05d}-of-{count:05d}.tfrecord"
 
 
 # --------------------------------------------------------------------------
@@ -181,7 +172,7 @@ def make_example(entry, encoded, fmt, height, width, schema):
         features.BBOX_YMIN: f(ymin),
         features.BBOX_XMAX: f(xmax),
         features.BBOX_YMAX: f(ymax),
-        features.CLASS_LABEL: i([GARMENT_CLASS] * len(boxes)),
+        features.CLASS_LABEL: i([features.GARMENT_CLASS] * len(boxes)),
         features.CLASS_TEXT: b([GARMENT_TEXT.encode()] * len(boxes)),
         features.IS_CROWD: i([0] * len(boxes)),
         features.AREA: f([(x1 - x0) * (y1 - y0) for x0, y0, x1, y1 in boxes]),
@@ -372,11 +363,7 @@ def _remove(path):
 
 
 def _write_json(path, obj):
-    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1, sort_keys=False)
-        f.write("\n")
-    os.replace(tmp, path)
+    fileio.write_json(path, obj, newline=True)
 
 
 def _plan(entries, num_shards, seed):
@@ -516,7 +503,7 @@ def convert_manifest(manifest_path, out_dir, *, schema=None, num_shards=None,
                 s = splits.setdefault(split, _new_split_summary(schema))
                 name = shard_name(split, index, count)
                 final = os.path.join(out_dir, name)
-                tmp = os.path.join(out_dir, f".{name}.tmp")
+                tmp = shards.temporary_path(final)
                 written.append((tmp, final))
                 with tf.io.TFRecordWriter(tmp) as writer:
                     for _ in chunks:
@@ -552,8 +539,7 @@ def convert_manifest(manifest_path, out_dir, *, schema=None, num_shards=None,
             pool = None
 
         # Every record of every split is written: publish.
-        for tmp, final in written:
-            os.replace(tmp, final)
+        shards.publish(written)
         written = []
     finally:
         if pool is not None:

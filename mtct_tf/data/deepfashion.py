@@ -46,7 +46,7 @@ import re
 
 from PIL import Image
 
-from mtct_tf import attributes
+from mtct_tf import attributes, fileio
 
 CONSUMER2SHOP = "consumer2shop"
 ATTRIBUTES = "attributes"
@@ -408,11 +408,8 @@ class ManifestWriter:
             "boxes_dropped": self.boxes_dropped,
             "skipped_missing_images": self.missing_images,
         }
-        tmp = os.path.join(self.out_dir, f".{REPORT}.tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(report, f, indent=1, ensure_ascii=False)
-            f.write("\n")
-        os.replace(tmp, os.path.join(self.out_dir, REPORT))
+        fileio.write_json(os.path.join(self.out_dir, REPORT), report,
+                          newline=True, ensure_ascii=False)
         return report
 
 

@@ -24,6 +24,10 @@ CLASS_TEXT = "image/object/class/text"
 IS_CROWD = "image/object/is_crowd"
 AREA = "image/object/area"
 
+# The class id of garments in detection records and detector outputs
+# (0 is Model Garden's background).
+GARMENT_CLASS = 1
+
 DOMAINS = ("shop", "street")
 SPLITS = ("train", "val", "test")
 

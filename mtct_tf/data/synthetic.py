@@ -26,6 +26,7 @@ import time
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
+from mtct_tf import fileio
 from mtct_tf.attributes import synth_schema
 
 # === Fixed rendering parameters (SPEC §7: never tuned per method) ===
@@ -472,9 +473,7 @@ def assign_splits(items, seed, fractions=(0.6, 0.2, 0.2)):
 
 
 def _write_atomic(path, data):
-    with open(f"{path}.tmp", "wb") as f:
-        f.write(data)
-    os.replace(f"{path}.tmp", path)
+    fileio.write_bytes(path, data)
 
 
 def _render_and_write(job, out_dir, **kwargs):
@@ -609,6 +608,6 @@ def contact_sheet(source, path, n_items=8, *, root=None):
                 x0, y0, x1, y1 = r["bbox"]
                 d.rectangle([x + x0, y + y0, x + x1 - 1, y + y1 - 1],
                             outline=(0, 220, 0))
-    sheet.save(f"{path}.tmp", "PNG")
-    os.replace(f"{path}.tmp", path)
+    with fileio.replacing(path) as tmp:
+        sheet.save(tmp, "PNG")
     return path
