@@ -13,6 +13,7 @@ attributes (``evaluate_multilabel``), under ``results["multilabel"]``.
 
 import math
 import os
+import sys
 
 import numpy as np
 
@@ -242,8 +243,12 @@ def bar_chart(results, path, title):
     plt.close(fig)
 
 
-def write_report(results, out_prefix, title):
-    """Writes ``<prefix>.json``, ``.md`` and ``.png``; returns the table."""
+def write_report(results, out_prefix, title, schema=None):
+    """Writes ``<prefix>.json``, ``.md`` and ``.png``; returns the table.
+
+    With ``schema``, the prediction spread (``results["spread"]``) is
+    tabulated with value names.
+    """
     os.makedirs(os.path.dirname(os.path.abspath(out_prefix)), exist_ok=True)
     if results["ap"]:
         table = metrics_lib.format_table(results, title=title)
@@ -253,6 +258,9 @@ def write_report(results, out_prefix, title):
     else:  # Multilabel heads only.
         table = f"**{title}**\n"
         extra = f"\nimages: {results['num_images']}\n"
+    if schema is not None and results.get("spread"):
+        extra += ("\nPrediction spread (top-1 over labelled images):\n\n"
+                  + spread_table(results["spread"], schema))
     if "multilabel" in results:
         extra += ("\nMultilabel attributes (DeepFashion top-k recall):\n\n"
                   + multilabel_table(results["multilabel"]))
@@ -306,6 +314,8 @@ def evaluate(model_dir, *, split="test", domain="street", stage=None,
         results = metrics_lib.evaluate_predictions(probs, labels, softmax)
         results["chance_mAP_cls"] = chance_map(
             {a: labels[a] for a in softmax})
+        results["spread"] = metrics_lib.prediction_spread(probs, labels,
+                                                          softmax)
     else:
         results = _empty_softmax_results(len(labels[multilabel[0]]))
     if multilabel:
@@ -315,6 +325,40 @@ def evaluate(model_dir, *, split="test", domain="street", stage=None,
     title = (f"{config.method} ({stage} model) on {domain} {split} "
              f"[{os.path.basename(os.path.normpath(model_dir))}]")
     prefix = os.path.join(model_dir, "eval", f"{stage}_{domain}_{split}")
-    print(write_report(results, prefix, title))
+    print(write_report(results, prefix, title, schema=schema))
     print(f"wrote {prefix}.json, .md and .png")
+    for line in collapse_warnings(results.get("spread", {}), schema):
+        print(line, file=sys.stderr)
     return results
+
+
+def collapse_warnings(spread, schema):
+    """One loud line per head that predicts (nearly) one value for all."""
+    lines = []
+    for a, s in spread.items():
+        if s["collapsed"]:
+            value = schema[a].values[s["top_prediction"]]
+            lines.append(
+                f"WARNING: the {a!r} head predicts {value!r} for "
+                f"{100 * s['top_prediction_share']:.0f}% of the labelled "
+                f"images (the most frequent label covers "
+                f"{100 * s['top_label_share']:.0f}%): it has collapsed to "
+                "one value; its AP says little. Train longer, rebalance, or "
+                "check its labels.")
+    return lines
+
+
+def spread_table(spread, schema):
+    """``prediction_spread`` as a Markdown table."""
+    lines = ["| attribute | prediction entropy (bits) | label entropy (bits) "
+             "| most frequent prediction | its share | top label share "
+             "| collapsed |", "|---|---|---|---|---|---|---|"]
+    for a, s in spread.items():
+        lines.append(
+            f"| {a} | {s['prediction_entropy']:.2f} | "
+            f"{s['label_entropy']:.2f} | "
+            f"{schema[a].values[s['top_prediction']]} | "
+            f"{100 * s['top_prediction_share']:.0f}% | "
+            f"{100 * s['top_label_share']:.0f}% | "
+            f"{'**yes**' if s['collapsed'] else 'no'} |")
+    return "\n".join(lines) + "\n"
