@@ -274,8 +274,15 @@ def write_report(results, out_prefix, title, schema=None):
     return table + extra
 
 
+# Where street-test crops come from (``evaluate(box_source=...)``), and
+# how tables name them.
+BOX_SOURCES = ("gt", "detector", "none")
+BOX_SOURCE_NAMES = {"gt": "annotated boxes", "detector": "detector crops",
+                    "none": "whole photos"}
+
+
 def evaluate(model_dir, *, split="test", domain="street", stage=None,
-             shards_dir=None, batch_size=64, config=None):
+             shards_dir=None, batch_size=64, config=None, box_source=None):
     """Evaluates a run's final model (or ``stage``'s) on a split and domain.
 
     Args:
@@ -287,6 +294,12 @@ def evaluate(model_dir, *, split="test", domain="street", stage=None,
             for the street domain).
         batch_size: images per prediction batch.
         config: an ``ExperimentConfig``; default: ``<model_dir>/config.yaml``.
+        box_source: ``None`` (the crops training used: the config's street
+            shards for the street domain), ``"gt"`` (the annotated box of
+            each record of ``data.shards_dir``), ``"detector"`` (the
+            detector's crops, ``data.street_shards_dir``) or ``"none"`` (the
+            whole photo): what a deployed model sees is ``"detector"`` or
+            ``"none"``, not ``"gt"``.
 
     Returns:
         The metrics dict of the softmax attributes (see
@@ -297,15 +310,28 @@ def evaluate(model_dir, *, split="test", domain="street", stage=None,
     if config is None:
         config = runs.load_config(model_dir)
     stage = stage or stages_lib.final_stage(config.method)
+    if box_source not in (None,) + BOX_SOURCES:
+        raise ValueError(f"box_source must be one of {BOX_SOURCES}. "
+                         f"Received: box_source={box_source!r}")
+    if box_source == "detector" and not config.data.street_shards_dir:
+        raise ValueError(
+            f"{model_dir}: its config has no data.street_shards_dir (the "
+            "detector's crops), so there is nothing to evaluate with "
+            "box_source='detector'")
     if shards_dir is None:
-        shards_dir = (stages_lib.street_dir(config) if domain == "street"
-                      else config.data.shards_dir)
+        if box_source in ("gt", "none"):
+            shards_dir = config.data.shards_dir
+        elif domain == "street":
+            shards_dir = stages_lib.street_dir(config)
+        else:
+            shards_dir = config.data.shards_dir
     schema = pipeline.load_schema(shards_dir)
     net = runs.load_stage(model_dir, stage, schema, f"of {shards_dir}")
     ds = pipeline.make_dataset(
         pipeline.shard_files(shards_dir, split), schema,
         image_size=net.image_size, batch_size=batch_size, training=False,
-        domain=domain, margin=config.data.margin, repeat=False)
+        domain=domain, margin=config.data.margin, repeat=False,
+        crop_to_bbox=box_source != "none")
     probs, labels, _ = predict(net, ds)
     softmax = [a.name for a in schema if a.kind == attributes_lib.SOFTMAX]
     multilabel = [a.name for a in schema
@@ -322,9 +348,12 @@ def evaluate(model_dir, *, split="test", domain="street", stage=None,
         results["multilabel"] = evaluate_multilabel(
             probs, labels, multilabel, softmax_names=softmax)
     results["model"] = os.path.join(model_dir, stage)
-    title = (f"{config.method} ({stage} model) on {domain} {split} "
+    results["box_source"] = box_source or "training's"
+    boxes = f", {BOX_SOURCE_NAMES[box_source]}" if box_source else ""
+    title = (f"{config.method} ({stage} model) on {domain} {split}{boxes} "
              f"[{os.path.basename(os.path.normpath(model_dir))}]")
-    prefix = os.path.join(model_dir, "eval", f"{stage}_{domain}_{split}")
+    prefix = os.path.join(model_dir, "eval", f"{stage}_{domain}_{split}"
+                          + (f"_{box_source}" if box_source else ""))
     print(write_report(results, prefix, title, schema=schema))
     print(f"wrote {prefix}.json, .md and .png")
     for line in collapse_warnings(results.get("spread", {}), schema):

@@ -122,8 +122,9 @@ class ExactSearch:
     def search(self, queries, k):
         """Returns ``(indices [Q, k], scores [Q, k])``, best first.
 
-        Ties are broken by the lower gallery index, so results do not depend
-        on the batch size.
+        Within the top k, equal scores keep the lower gallery index first;
+        which of several images tied at the k-th place is kept is up to
+        ``np.argpartition`` (deterministic, and independent of the batch).
         """
         q = normalize(queries)
         k = min(int(k), len(self._x))
@@ -132,10 +133,14 @@ class ExactSearch:
         indices, scores = [], []
         for start in range(0, len(q), self._batch):
             s = q[start:start + self._batch] @ self._x.T
-            # Stable sort of -s: equal scores keep gallery order.
-            top = np.argsort(-s, axis=1, kind="stable")[:, :k]
+            # Select the k best in linear time, then order only those.
+            top = np.argpartition(-s, k - 1, axis=1)[:, :k]
+            top.sort(axis=1)  # Gallery order, so the stable sort below
+            best = np.take_along_axis(s, top, axis=1)  # keeps ties by index.
+            order = np.argsort(-best, axis=1, kind="stable")
+            top = np.take_along_axis(top, order, axis=1)
             indices.append(top)
-            scores.append(np.take_along_axis(s, top, axis=1))
+            scores.append(np.take_along_axis(best, order, axis=1))
         if not indices:
             return (np.zeros((0, k), np.int64), np.zeros((0, k), np.float32))
         return np.concatenate(indices), np.concatenate(scores)

@@ -162,3 +162,19 @@ def test_cli_index_query_and_strip(tiny_shards, exported, tmp_path, capsys):
         # The neighbours were read back from the shards: not blank tiles.
         tile = np.asarray(image.convert("RGB"))[8:136, 8 + 136:136 + 136]
         assert tile.std() > 5
+
+
+def test_retrieval_benchmark_report(tmp_path):
+    from mtct_tf import benchmark
+
+    out = str(tmp_path / "r.md")
+    assert benchmark.main(["retrieval", "--out", out, "--sizes", "2000",
+                           "--dim", "16"]) == 0
+    text = open(out).read()
+    assert "| 2,000 | 16 |" in text
+    row = next(line for line in text.splitlines()
+               if line.startswith("| 2,000"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert float(cells[2]) > 0  # Exact queries/s.
+    if cells[3] != "n/a":
+        assert 0.5 < float(cells[5]) <= 1.0  # ScaNN recall.
