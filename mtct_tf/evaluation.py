@@ -258,6 +258,10 @@ def write_report(results, out_prefix, title, schema=None):
     else:  # Multilabel heads only.
         table = f"**{title}**\n"
         extra = f"\nimages: {results['num_images']}\n"
+    if results.get("retrieval"):
+        from mtct_tf import retrieval
+
+        extra += "\n" + retrieval.format_result(results["retrieval"]) + "\n"
     if schema is not None and results.get("spread"):
         extra += ("\nPrediction spread (top-1 over labelled images):\n\n"
                   + spread_table(results["spread"], schema))
@@ -348,6 +352,9 @@ def evaluate(model_dir, *, split="test", domain="street", stage=None,
         results["multilabel"] = evaluate_multilabel(
             probs, labels, multilabel, softmax_names=softmax)
     results["model"] = os.path.join(model_dir, stage)
+    if domain == "street":
+        results["retrieval"] = _street_to_shop(
+            net, config, shards_dir, split, crop_to_bbox=box_source != "none")
     results["box_source"] = box_source or "training's"
     boxes = f", {BOX_SOURCE_NAMES[box_source]}" if box_source else ""
     title = (f"{config.method} ({stage} model) on {domain} {split}{boxes} "
@@ -359,6 +366,25 @@ def evaluate(model_dir, *, split="test", domain="street", stage=None,
     for line in collapse_warnings(results.get("spread", {}), schema):
         print(line, file=sys.stderr)
     return results
+
+
+def _street_to_shop(net, config, street_shards, split, *, crop_to_bbox):
+    """Retrieval top-k of the split's street images among its shop images.
+
+    ``None`` when the split has no shop image (nothing to retrieve).
+    """
+    from mtct_tf import retrieval
+
+    embedder = retrieval.Embedder(
+        lambda x: net.predict_on_batch(x)["embedding"], net.image_size,
+        config.data.margin, "model")
+    try:
+        return retrieval.evaluate_retrieval(
+            embedder, config.data.shards_dir, split=split,
+            street_shards_dir=street_shards, progress=False,
+            query_crop_to_bbox=crop_to_bbox)
+    except ValueError:  # No shop (or street) image in the split.
+        return None
 
 
 def collapse_warnings(spread, schema):

@@ -360,12 +360,13 @@ def _progress(iterable, enabled, desc):
 
 def evaluate_retrieval(embedder, shards_dir, *, split="test",
                        street_shards_dir=None, ks=TOP_K, method="exact",
-                       progress=True):
+                       progress=True, query_crop_to_bbox=True):
     """Consumer-to-shop retrieval: street queries against the shop gallery.
 
     Queries are the split's street images (from ``street_shards_dir`` when
     given, e.g. detector crops), the gallery the split's shop images; a
     query counts at k when one of its k nearest shop images is of its item.
+    ``query_crop_to_bbox=False`` queries with whole street photos.
 
     Returns:
         ``{"topk_accuracy": {k: fraction}, "num_queries", "num_gallery",
@@ -374,7 +375,8 @@ def evaluate_retrieval(embedder, shards_dir, *, split="test",
     gallery = embed_shards(embedder, shards_dir, split, "shop",
                            progress=progress)
     queries = embed_shards(embedder, street_shards_dir or shards_dir, split,
-                           "street", progress=progress)
+                           "street", progress=progress,
+                           crop_to_bbox=query_crop_to_bbox)
     search = make_search(gallery.embeddings, method)
     indices, _ = search.search(queries.embeddings, max(ks))
     return {

@@ -49,6 +49,12 @@ def test_box_sources_score_what_they_say(run):
         for a in want["ap"]:
             assert got[box]["ap"][a] == pytest.approx(want["ap"][a])
     assert got["detector"]["ap"] == pytest.approx(got["gt"]["ap"])
+    # Street-to-shop retrieval of the same street images, in the report.
+    for box in evaluation.BOX_SOURCES:
+        r = got[box]["retrieval"]
+        assert r["num_queries"] == 4 and r["num_gallery_items"] == 4
+        assert r["topk_accuracy"]["20"] == 1.0  # Only 4 items to rank.
+    assert got["detector"]["retrieval"] == got["gt"]["retrieval"]
     eval_dir = os.path.join(model_dir, "eval")
     for box in evaluation.BOX_SOURCES:
         assert os.path.isfile(os.path.join(
@@ -65,3 +71,4 @@ def test_cli_compares_box_sources_in_one_table(run, capsys):
     assert "| final model, annotated boxes |" in out
     assert "| final model, whole photos |" in out
     assert "Prediction spread" in out
+    assert "Street-to-shop retrieval: 4 street queries" in out
