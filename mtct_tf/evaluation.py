@@ -20,7 +20,7 @@ import numpy as np
 from mtct_tf import attributes as attributes_lib
 from mtct_tf import fileio
 from mtct_tf import metrics as metrics_lib
-from mtct_tf import runs
+from mtct_tf import retrieval, runs
 from mtct_tf import stages as stages_lib
 from mtct_tf.data import pipeline
 
@@ -259,8 +259,6 @@ def write_report(results, out_prefix, title, schema=None):
         table = f"**{title}**\n"
         extra = f"\nimages: {results['num_images']}\n"
     if results.get("retrieval"):
-        from mtct_tf import retrieval
-
         extra += "\n" + retrieval.format_result(results["retrieval"]) + "\n"
     if schema is not None and results.get("spread"):
         extra += ("\nPrediction spread (top-1 over labelled images):\n\n"
@@ -373,8 +371,6 @@ def _street_to_shop(net, config, street_shards, split, *, crop_to_bbox):
 
     ``None`` when the split has no shop image (nothing to retrieve).
     """
-    from mtct_tf import retrieval
-
     embedder = retrieval.Embedder(
         lambda x: net.predict_on_batch(x)["embedding"], net.image_size,
         config.data.margin, "model")

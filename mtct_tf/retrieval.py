@@ -22,9 +22,10 @@ the loss's squared distance does).
 import dataclasses
 import json
 import os
-import tempfile
 
 import numpy as np
+
+from mtct_tf import fileio
 
 # Retrieval accuracy is reported at these k (DeepFashion's curve runs to 50).
 TOP_K = (1, 5, 10, 20)
@@ -76,19 +77,10 @@ class Gallery:
         path = os.fspath(path)
         if not path.endswith(".npz"):
             raise ValueError(f"a gallery file ends with .npz. Received: {path}")
-        folder = os.path.dirname(os.path.abspath(path))
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".gallery-",
-                                   suffix=".npz")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, embeddings=self.embeddings, ids=self.ids,
-                         items=self.items, info=json.dumps(self.info))
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with fileio.replacing(path, ".npz") as tmp, open(tmp, "wb") as f:
+            np.savez(f, embeddings=self.embeddings, ids=self.ids,
+                     items=self.items, info=json.dumps(self.info))
         return path
 
     @classmethod
@@ -275,7 +267,7 @@ def load_embedder(model, *, stage=None, margin=None):
     """
     import tensorflow as tf
 
-    from mtct_tf import configs, export_lib
+    from mtct_tf import configs, export_lib, runs
 
     default = configs.DataConfig.margin if margin is None else margin
 
@@ -287,7 +279,7 @@ def load_embedder(model, *, stage=None, margin=None):
         return Embedder(
             lambda x: fn(images=tf.constant(x, tf.float32))["embedding"],
             int(meta["image_size"]), default, version_dir, keep=loaded)
-    net, _, run_margin = export_lib.load_model_and_schema(model, stage=stage)
+    net, _, run_margin = runs.load_model_and_schema(model, stage=stage)
     if margin is None and run_margin is not None:
         default = run_margin
     return Embedder(lambda x: net.predict_on_batch(x)["embedding"],
@@ -471,15 +463,7 @@ def draw_strip(query, neighbours, path, *, tile=128):
         if k == 0:
             draw.rectangle([x - 2, gap - 2, x + tile + 1, gap + tile + 1],
                            outline=(200, 30, 30), width=2)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".strip-", suffix=".png")
-    os.close(fd)
-    try:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with fileio.replacing(path, ".png") as tmp:
         strip.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
     return path

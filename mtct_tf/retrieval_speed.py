@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from mtct_tf import retrieval
+from mtct_tf import fileio, retrieval
 
 SIZES = (10_000, 100_000)
 DIM = 9 * 128
@@ -130,10 +130,7 @@ def run(out_path, *, sizes=SIZES, dim=DIM, log=print):
         command += " --sizes " + " ".join(str(n) for n in sizes)
     text = render(rows, command, time.time() - start)
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    tmp = f"{out_path}.tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, out_path)
+    fileio.write_text(out_path, text)
     log(f"wrote {out_path}")
     return rows
 

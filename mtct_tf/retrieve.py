@@ -20,7 +20,7 @@ import json
 import os
 import sys
 
-from mtct_tf import retrieval, training
+from mtct_tf import fileio, retrieval
 
 
 def _parser():
@@ -105,7 +105,7 @@ def main(argv=None):
     if os.path.isfile(os.path.join(args.model, "config.yaml")):
         out = os.path.join(args.model, "eval", f"retrieval_{args.split}.json")
         os.makedirs(os.path.dirname(out), exist_ok=True)
-        training.write_json(out, result)
+        fileio.write_json(out, result)
         print(f"wrote {out}")
     return 0
 

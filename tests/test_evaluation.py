@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from mtct_tf import configs, evaluate, evaluation, metrics, training
+from mtct_tf import configs, evaluate, evaluation, metrics, runs, training
 from mtct_tf.data import pipeline
 
 from conftest import TINY_SCHEMA
@@ -30,7 +30,7 @@ def run(tmp_path_factory, tiny_shards):
 
 
 def _independent(model_dir, shards, crop_to_bbox):
-    net = training.load_mtn(os.path.join(model_dir, "shop", "model.keras"))
+    net = runs.load_mtn(os.path.join(model_dir, "shop", "model.keras"))
     ds = pipeline.make_dataset(
         pipeline.shard_files(shards, "train"), TINY_SCHEMA, image_size=16,
         batch_size=64, training=False, domain="street", margin=0.1,
