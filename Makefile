@@ -61,6 +61,9 @@ demo: $(STAMP)
 	@echo "== 6/7 street test: No-Adapt (shop model) vs MTCT (street model)"
 	$(PY) -m mtct_tf.evaluate --model_dir $(DEMO)/mtct --stage shop \
 	    --stage street --domain street
+	@echo "== street test of the MTCT model: annotated boxes vs detector crops vs whole photos"
+	$(PY) -m mtct_tf.evaluate --model_dir $(DEMO)/mtct --domain street \
+	    --box_source gt --box_source detector --box_source none
 	@echo "== 7/7 export for TF Serving and Keras, predict a street photo"
 	$(PY) export/export_saved_model.py --model $(DEMO)/mtct \
 	    --export_dir $(DEMO)/serving --keras_out $(DEMO)/mtct.keras \

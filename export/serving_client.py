@@ -6,7 +6,7 @@
         [--signature serving_default] [--dry_run]
 
 REST uses only the standard library (``urllib``). gRPC needs the
-``tensorflow-serving-api`` package (``pip install -e .[serving]``); it is
+``tensorflow-serving-api`` package (a dependency of the project); it is
 imported only when ``--protocol grpc`` is asked for. ``--dry_run`` prints the
 request (REST: URL and JSON body, base64 shortened) without sending it.
 

@@ -5,11 +5,15 @@ Commands (one library module each; this file only dispatches):
                limits; writes docs/BENCHMARKS.md (``mtct_tf.speed``).
     ablation   MTCT vs its baselines and loss variants on X-Domain-synth,
                over seeds; writes docs/RESULTS.md (``mtct_tf.ablation``).
+    retrieval  ScaNN vs exact nearest-neighbour search: recall, queries/s;
+               writes docs/BENCHMARKS_RETRIEVAL.md
+               (``mtct_tf.retrieval_speed``).
 
 Examples:
     python -m mtct_tf.benchmark speed
     python -m mtct_tf.benchmark speed --quick --out /tmp/speed.md
     python -m mtct_tf.benchmark ablation --seeds 3
+    python -m mtct_tf.benchmark retrieval
 """
 
 import argparse
@@ -25,6 +29,8 @@ COMMANDS = {
               "training / input / serving speed vs the machine's peak"),
     "ablation": ("mtct_tf.ablation",
                  "MTCT vs No-Adapt, UD, FTT, end-to-end and loss variants"),
+    "retrieval": ("mtct_tf.retrieval_speed",
+                  "ScaNN vs exact street-to-shop search: recall, queries/s"),
 }
 
 

@@ -9,6 +9,9 @@ Examples:
     # The shop stage's model (No-Adapt) next to the street stage's (MTCT):
     python -m mtct_tf.evaluate --model_dir runs/demo/mtct --stage shop \
         --stage street
+    # Street test with annotated boxes vs detector crops vs whole photos:
+    python -m mtct_tf.evaluate --model_dir runs/demo/mtct \
+        --box_source gt --box_source detector --box_source none
 """
 
 import argparse
@@ -27,16 +30,24 @@ def main(argv=None):
                         "compare stages in one table")
     p.add_argument("--shards_dir", help="default: the run config's shards")
     p.add_argument("--batch_size", type=int, default=64)
+    p.add_argument("--box_source", action="append",
+                   choices=("gt", "detector", "none"),
+                   help="crops from the annotated box, the detector's crops "
+                        "or the whole photo (default: the crops training "
+                        "used); repeat to compare in one table")
     args = p.parse_args(argv)
     from mtct_tf import evaluation
 
     rows = {}
     try:
         for stage in args.stage or [None]:
-            rows[f"{stage or 'final'} model"] = evaluation.evaluate(
-                args.model_dir, split=args.split, domain=args.domain,
-                stage=stage, shards_dir=args.shards_dir,
-                batch_size=args.batch_size)
+            for box in args.box_source or [None]:
+                name = f"{stage or 'final'} model" + (
+                    f", {evaluation.BOX_SOURCE_NAMES[box]}" if box else "")
+                rows[name] = evaluation.evaluate(
+                    args.model_dir, split=args.split, domain=args.domain,
+                    stage=stage, shards_dir=args.shards_dir,
+                    batch_size=args.batch_size, box_source=box)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -13,13 +13,14 @@ attributes (``evaluate_multilabel``), under ``results["multilabel"]``.
 
 import math
 import os
+import sys
 
 import numpy as np
 
 from mtct_tf import attributes as attributes_lib
 from mtct_tf import fileio
 from mtct_tf import metrics as metrics_lib
-from mtct_tf import runs
+from mtct_tf import retrieval, runs
 from mtct_tf import stages as stages_lib
 from mtct_tf.data import pipeline
 
@@ -242,8 +243,12 @@ def bar_chart(results, path, title):
     plt.close(fig)
 
 
-def write_report(results, out_prefix, title):
-    """Writes ``<prefix>.json``, ``.md`` and ``.png``; returns the table."""
+def write_report(results, out_prefix, title, schema=None):
+    """Writes ``<prefix>.json``, ``.md`` and ``.png``; returns the table.
+
+    With ``schema``, the prediction spread (``results["spread"]``) is
+    tabulated with value names.
+    """
     os.makedirs(os.path.dirname(os.path.abspath(out_prefix)), exist_ok=True)
     if results["ap"]:
         table = metrics_lib.format_table(results, title=title)
@@ -253,6 +258,11 @@ def write_report(results, out_prefix, title):
     else:  # Multilabel heads only.
         table = f"**{title}**\n"
         extra = f"\nimages: {results['num_images']}\n"
+    if results.get("retrieval"):
+        extra += "\n" + retrieval.format_result(results["retrieval"]) + "\n"
+    if schema is not None and results.get("spread"):
+        extra += ("\nPrediction spread (top-1 over labelled images):\n\n"
+                  + spread_table(results["spread"], schema))
     if "multilabel" in results:
         extra += ("\nMultilabel attributes (DeepFashion top-k recall):\n\n"
                   + multilabel_table(results["multilabel"]))
@@ -266,8 +276,15 @@ def write_report(results, out_prefix, title):
     return table + extra
 
 
+# Where street-test crops come from (``evaluate(box_source=...)``), and
+# how tables name them.
+BOX_SOURCES = ("gt", "detector", "none")
+BOX_SOURCE_NAMES = {"gt": "annotated boxes", "detector": "detector crops",
+                    "none": "whole photos"}
+
+
 def evaluate(model_dir, *, split="test", domain="street", stage=None,
-             shards_dir=None, batch_size=64, config=None):
+             shards_dir=None, batch_size=64, config=None, box_source=None):
     """Evaluates a run's final model (or ``stage``'s) on a split and domain.
 
     Args:
@@ -279,6 +296,12 @@ def evaluate(model_dir, *, split="test", domain="street", stage=None,
             for the street domain).
         batch_size: images per prediction batch.
         config: an ``ExperimentConfig``; default: ``<model_dir>/config.yaml``.
+        box_source: ``None`` (the crops training used: the config's street
+            shards for the street domain), ``"gt"`` (the annotated box of
+            each record of ``data.shards_dir``), ``"detector"`` (the
+            detector's crops, ``data.street_shards_dir``) or ``"none"`` (the
+            whole photo): what a deployed model sees is ``"detector"`` or
+            ``"none"``, not ``"gt"``.
 
     Returns:
         The metrics dict of the softmax attributes (see
@@ -289,15 +312,28 @@ def evaluate(model_dir, *, split="test", domain="street", stage=None,
     if config is None:
         config = runs.load_config(model_dir)
     stage = stage or stages_lib.final_stage(config.method)
+    if box_source not in (None,) + BOX_SOURCES:
+        raise ValueError(f"box_source must be one of {BOX_SOURCES}. "
+                         f"Received: box_source={box_source!r}")
+    if box_source == "detector" and not config.data.street_shards_dir:
+        raise ValueError(
+            f"{model_dir}: its config has no data.street_shards_dir (the "
+            "detector's crops), so there is nothing to evaluate with "
+            "box_source='detector'")
     if shards_dir is None:
-        shards_dir = (stages_lib.street_dir(config) if domain == "street"
-                      else config.data.shards_dir)
+        if box_source in ("gt", "none"):
+            shards_dir = config.data.shards_dir
+        elif domain == "street":
+            shards_dir = stages_lib.street_dir(config)
+        else:
+            shards_dir = config.data.shards_dir
     schema = pipeline.load_schema(shards_dir)
     net = runs.load_stage(model_dir, stage, schema, f"of {shards_dir}")
     ds = pipeline.make_dataset(
         pipeline.shard_files(shards_dir, split), schema,
         image_size=net.image_size, batch_size=batch_size, training=False,
-        domain=domain, margin=config.data.margin, repeat=False)
+        domain=domain, margin=config.data.margin, repeat=False,
+        crop_to_bbox=box_source != "none")
     probs, labels, _ = predict(net, ds)
     softmax = [a.name for a in schema if a.kind == attributes_lib.SOFTMAX]
     multilabel = [a.name for a in schema
@@ -306,15 +342,74 @@ def evaluate(model_dir, *, split="test", domain="street", stage=None,
         results = metrics_lib.evaluate_predictions(probs, labels, softmax)
         results["chance_mAP_cls"] = chance_map(
             {a: labels[a] for a in softmax})
+        results["spread"] = metrics_lib.prediction_spread(probs, labels,
+                                                          softmax)
     else:
         results = _empty_softmax_results(len(labels[multilabel[0]]))
     if multilabel:
         results["multilabel"] = evaluate_multilabel(
             probs, labels, multilabel, softmax_names=softmax)
     results["model"] = os.path.join(model_dir, stage)
-    title = (f"{config.method} ({stage} model) on {domain} {split} "
+    if domain == "street":
+        results["retrieval"] = _street_to_shop(
+            net, config, shards_dir, split, crop_to_bbox=box_source != "none")
+    results["box_source"] = box_source or "training's"
+    boxes = f", {BOX_SOURCE_NAMES[box_source]}" if box_source else ""
+    title = (f"{config.method} ({stage} model) on {domain} {split}{boxes} "
              f"[{os.path.basename(os.path.normpath(model_dir))}]")
-    prefix = os.path.join(model_dir, "eval", f"{stage}_{domain}_{split}")
-    print(write_report(results, prefix, title))
+    prefix = os.path.join(model_dir, "eval", f"{stage}_{domain}_{split}"
+                          + (f"_{box_source}" if box_source else ""))
+    print(write_report(results, prefix, title, schema=schema))
     print(f"wrote {prefix}.json, .md and .png")
+    for line in collapse_warnings(results.get("spread", {}), schema):
+        print(line, file=sys.stderr)
     return results
+
+
+def _street_to_shop(net, config, street_shards, split, *, crop_to_bbox):
+    """Retrieval top-k of the split's street images among its shop images.
+
+    ``None`` when the split has no shop image (nothing to retrieve).
+    """
+    embedder = retrieval.Embedder(
+        lambda x: net.predict_on_batch(x)["embedding"], net.image_size,
+        config.data.margin, "model")
+    try:
+        return retrieval.evaluate_retrieval(
+            embedder, config.data.shards_dir, split=split,
+            street_shards_dir=street_shards, progress=False,
+            query_crop_to_bbox=crop_to_bbox)
+    except ValueError:  # No shop (or street) image in the split.
+        return None
+
+
+def collapse_warnings(spread, schema):
+    """One loud line per head that predicts (nearly) one value for all."""
+    lines = []
+    for a, s in spread.items():
+        if s["collapsed"]:
+            value = schema[a].values[s["top_prediction"]]
+            lines.append(
+                f"WARNING: the {a!r} head predicts {value!r} for "
+                f"{100 * s['top_prediction_share']:.0f}% of the labelled "
+                f"images (the most frequent label covers "
+                f"{100 * s['top_label_share']:.0f}%): it has collapsed to "
+                "one value; its AP says little. Train longer, rebalance, or "
+                "check its labels.")
+    return lines
+
+
+def spread_table(spread, schema):
+    """``prediction_spread`` as a Markdown table."""
+    lines = ["| attribute | prediction entropy (bits) | label entropy (bits) "
+             "| most frequent prediction | its share | top label share "
+             "| collapsed |", "|---|---|---|---|---|---|---|"]
+    for a, s in spread.items():
+        lines.append(
+            f"| {a} | {s['prediction_entropy']:.2f} | "
+            f"{s['label_entropy']:.2f} | "
+            f"{schema[a].values[s['top_prediction']]} | "
+            f"{100 * s['top_prediction_share']:.0f}% | "
+            f"{100 * s['top_label_share']:.0f}% | "
+            f"{'**yes**' if s['collapsed'] else 'no'} |")
+    return "\n".join(lines) + "\n"

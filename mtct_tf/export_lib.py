@@ -6,6 +6,8 @@
         saved_model.pb, variables/, fingerprint.pb
         assets.extra/schema.json        the attribute schema (value names)
         assets.extra/mtct_export.json   what was exported, and how
+        assets.extra/tf_serving_warmup_requests   requests TF Serving
+                                        replays at load (``warmup_requests``)
 
 Signatures (``ServingModule``):
 
@@ -60,6 +62,8 @@ SIGNATURE_IMAGES = "serving_default"
 SIGNATURE_TENSORS = "serving_tensors"
 INPUT = "images"
 EXTRA_DIR = "assets.extra"
+# TF Serving replays these requests when it loads a version.
+WARMUP_FILE = "tf_serving_warmup_requests"
 META_FILE = "mtct_export.json"
 # Detector outputs (Model Garden's DetectionModule names).
 DETECTOR_SIGNATURES = ("image_tensor", "serving_default")
@@ -361,6 +365,8 @@ def export_saved_model(net, schema, base_dir, model_name="mtct", version=None,
         extra = os.path.join(tmp, EXTRA_DIR)
         os.makedirs(extra, exist_ok=True)
         schema.save(os.path.join(extra, runs.SCHEMA_FILE))
+        write_warmup_requests(os.path.join(extra, WARMUP_FILE), model_name,
+                              int(net.image_size))
         meta = {
             "model_name": model_name,
             "version": version,
@@ -387,6 +393,61 @@ def export_saved_model(net, schema, base_dir, model_name="mtct", version=None,
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
+
+
+def warmup_requests(model_name, image_size):
+    """TF Serving warm-up requests: ``[(signature, {input: ndarray})]``.
+
+    Both signatures, at batch 1 and 2, JPEG and PNG photos of two sizes (one
+    grey), so that loading a version traces every path a first request could
+    take (decoding each format, the resize, the detector when present).
+    """
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    def encoded(h, w, fmt, grey=False):
+        rng = np.random.default_rng(h * w)
+        pixels = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        image = Image.fromarray(pixels)
+        if grey:
+            image = image.convert("L")
+        buf = io.BytesIO()
+        image.save(buf, format=fmt)
+        return buf.getvalue()
+
+    photos = [encoded(96, 64, "JPEG"), encoded(48, 80, "PNG", grey=True)]
+    tensors = np.zeros((1, image_size, image_size, 3), np.float32)
+    return [
+        (SIGNATURE_IMAGES, {INPUT: np.array(photos[:1], dtype=object)}),
+        (SIGNATURE_IMAGES, {INPUT: np.array(photos, dtype=object)}),
+        (SIGNATURE_TENSORS, {INPUT: tensors}),
+    ]
+
+
+def write_warmup_requests(path, model_name, image_size):
+    """Writes ``assets.extra/tf_serving_warmup_requests``.
+
+    The format TF Serving reads at load time (its "SavedModel Warmup"
+    guide): a TFRecord file of serialised ``PredictionLog`` protos, each
+    holding a ``PredictRequest``. Without it the first real request pays
+    the tracing and kernel set-up.
+    """
+    from tensorflow_serving.apis import model_pb2, predict_pb2
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    with tf.io.TFRecordWriter(path) as writer:
+        for signature, inputs in warmup_requests(model_name, image_size):
+            request = predict_pb2.PredictRequest(
+                model_spec=model_pb2.ModelSpec(
+                    name=model_name, signature_name=signature))
+            for key, value in inputs.items():
+                request.inputs[key].CopyFrom(tf.make_tensor_proto(value))
+            log = prediction_log_pb2.PredictionLog(
+                predict_log=prediction_log_pb2.PredictLog(request=request))
+            writer.write(log.SerializeToString())
+    return path
 
 
 def read_export_info(version_dir):

@@ -243,6 +243,66 @@ def evaluate_predictions(probs, labels, attribute_names=None):
     return results
 
 
+# A head whose top-1 is one value for this share of the images, while the
+# labels are more varied than that, has collapsed.
+COLLAPSE_SHARE = 0.95
+
+
+def _entropy_bits(counts):
+    p = np.asarray(counts, np.float64)
+    p = p[p > 0] / p.sum()
+    return float(-(p * np.log2(p)).sum()) if p.size else math.nan
+
+
+def prediction_spread(probs, labels, attribute_names=None,
+                      collapse_share=COLLAPSE_SHARE):
+    """How varied each softmax head's top-1 predictions are.
+
+    A model that predicts the same value for every image can still score a
+    fair mAP_cls on a skewed test set; this says so. Counted over each
+    attribute's labelled images, so that both histograms cover the same
+    images.
+
+    Args:
+        probs: dict attribute name -> ``[N, K_a]`` scores.
+        labels: dict attribute name -> ``[N]`` labels (-1 = missing).
+        attribute_names: which attributes; default: the keys of ``probs``.
+        collapse_share: the top prediction's share that flags a collapse.
+
+    Returns:
+        Dict name -> ``{"prediction_entropy", "label_entropy"`` (bits),
+        ``"top_prediction"`` (value index), ``"top_prediction_share"``,
+        ``"top_label_share"``, ``"collapsed"``}``. ``collapsed``: the top
+        prediction covers at least ``collapse_share`` of the images while
+        the most frequent label covers less. Attributes without a labelled
+        image are left out.
+    """
+    names = tuple(probs) if attribute_names is None else tuple(attribute_names)
+    out = {}
+    for a in names:
+        p = _check_probs(probs[a], a)
+        y = _check_labels(labels[a], p.shape[0], p.shape[1], a)
+        known = y != MISSING
+        if not known.any():
+            continue
+        k = p.shape[1]
+        predicted = np.bincount(np.argmax(p[known], axis=1), minlength=k)
+        truth = np.bincount(y[known], minlength=k)
+        n = int(known.sum())
+        top_share = float(predicted.max() / n)
+        label_share = float(truth.max() / n)
+        out[a] = {
+            "prediction_entropy": _entropy_bits(predicted),
+            "label_entropy": _entropy_bits(truth),
+            "top_prediction": int(np.argmax(predicted)),
+            "top_prediction_share": top_share,
+            "top_label_share": label_share,
+            "collapsed": bool(top_share >= collapse_share
+                              and label_share < collapse_share),
+        }
+    return out
+
+
 def multilabel_ap(scores, targets):
     """Per-attribute AP for binary (multi-label) attributes.
 

@@ -477,6 +477,37 @@ def test_saved_model_cli_run_gives_every_output(exported_with_detector,
     assert max_abs_diff(got, ref) <= TOL
 
 
+def test_warmup_requests_parse_and_run_as_tf_serving_replays_them(
+        exported, exported_with_detector):
+    """assets.extra/tf_serving_warmup_requests: TFRecord of PredictionLog."""
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    for version_dir in (exported[2], exported_with_detector[2]):
+        path = os.path.join(version_dir, "assets.extra",
+                            "tf_serving_warmup_requests")
+        logs = [prediction_log_pb2.PredictionLog.FromString(r.numpy())
+                for r in tf.data.TFRecordDataset(path)]
+        assert 0 < len(logs) <= 1000  # TF Serving reads at most 1000.
+        signatures = set()
+        for log in logs:
+            assert log.WhichOneof("log_type") == "predict_log"
+            request = log.predict_log.request
+            assert request.model_spec.name == "mtct"
+            signatures.add(request.model_spec.signature_name)
+            assert list(request.inputs) == [export_lib.INPUT]
+            images = tf.make_ndarray(request.inputs[export_lib.INPUT])
+            # Replayed through the loader TF Serving uses, each request
+            # answers with every output of its signature, one row per input.
+            out = run_session(version_dir, request.model_spec.signature_name,
+                              images)
+            assert out["embedding"].shape[0] == len(images) > 0
+            for a in SCHEMA:
+                probs = out[f"{a.name}_probabilities"]
+                np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-5)
+        assert signatures == {export_lib.SIGNATURE_IMAGES,
+                              export_lib.SIGNATURE_TENSORS}
+
+
 def test_malformed_bytes_give_invalid_argument(exported):
     net, _, version_dir = exported
     fn = tf.saved_model.load(version_dir).signatures["serving_default"]

@@ -369,3 +369,46 @@ def test_format_table_layout():
     assert cells[5:] == ["44.44", "55.56"]
     single = metrics.format_table(r, names, row_name="MTN")
     assert single.splitlines()[2].startswith("| MTN | ")
+
+
+# --------------------------------------------------------------------------
+# Prediction spread (collapse check).
+# --------------------------------------------------------------------------
+
+
+def test_prediction_spread_flags_a_constant_predictor():
+    from mtct_tf import evaluation
+    from mtct_tf.attributes import Attribute, AttributeSchema
+
+    rng = np.random.default_rng(0)
+    n = 200
+    labels = {"colour": rng.integers(0, 4, n), "sleeve": rng.integers(0, 2, n)}
+    labels["colour"][:5] = metrics.MISSING
+    constant = np.tile([0.1, 0.6, 0.2, 0.1], (n, 1))
+    varied = rng.dirichlet(np.ones(2), size=n)
+    probs = {"colour": constant, "sleeve": varied}
+    spread = metrics.prediction_spread(probs, labels)
+    c, s = spread["colour"], spread["sleeve"]
+    assert c["collapsed"] and not s["collapsed"]
+    assert c["top_prediction"] == 1 and c["top_prediction_share"] == 1.0
+    assert c["prediction_entropy"] == 0.0
+    # Entropy of the 195 known colour labels, by hand.
+    counts = np.bincount(labels["colour"][5:], minlength=4) / 195
+    assert c["label_entropy"] == pytest.approx(
+        -sum(p * np.log2(p) for p in counts if p > 0))
+    predicted = np.bincount(np.argmax(varied, 1), minlength=2) / n
+    assert s["prediction_entropy"] == pytest.approx(
+        -sum(p * np.log2(p) for p in predicted if p > 0))
+    # A constant prediction of a constant label is right, not collapsed.
+    same = metrics.prediction_spread(
+        {"a": constant}, {"a": np.ones(n, int)})
+    assert not same["a"]["collapsed"]
+
+    schema = AttributeSchema("t", [
+        Attribute("colour", ("red", "green", "blue", "white")),
+        Attribute("sleeve", ("short", "long"))])
+    warnings = evaluation.collapse_warnings(spread, schema)
+    assert len(warnings) == 1 and "'colour'" in warnings[0]
+    assert "'green'" in warnings[0] and "100%" in warnings[0]
+    table = evaluation.spread_table(spread, schema)
+    assert "| colour |" in table and "**yes**" in table
