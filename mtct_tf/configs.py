@@ -44,7 +44,11 @@ class DataConfig:
     margin: float = 0.1
     shuffle_buffer: int = 2048
     # Fraction of street training items whose labels are used (small-data
-    # experiments); the rest are dropped.
+    # experiments; nested subsets, pipeline.item_kept). The cross-entropy
+    # sees only their images; the triplets of the street stage keep every
+    # street image as an anchor, with the other items' labels hidden
+    # (data/triplets.py), so unlabelled anchors give only the cross-domain
+    # term. Street stages without triplets (FTT, UD) drop the other items.
     street_label_fraction: float = 1.0
     # Triplet negatives: "random" item, or "hard" = same garment category.
     negatives: str = "random"
