@@ -41,6 +41,14 @@ STREET_BLUR = (0.0, 1.0)  # Box blur radius in output pixels.
 STREET_NOISE = (2.0, 8.0)  # Gaussian sigma in grey levels.
 OCCLUSION_PROB = 0.6
 OCCLUSION_AREA = (0.08, 0.25)  # Occluder area / garment box area.
+# Pattern period, button radius and the half-distance of a double row, in
+# garment units (a regular body is 0.31 wide). Chosen so that a garment
+# cropped to its box and resized to 64 px still shows them: a period of
+# ~6-8 px, buttons ~3 px wide, double rows ~6 px apart (at the first
+# settings, 0.06-0.085 / 0.02 / 0.045, pattern stayed at chance level).
+PATTERN_PERIOD = (0.10, 0.13)
+BUTTON_RADIUS = 0.026
+BUTTON_ROW_OFFSET = 0.055
 
 # The benchmark's data (python -m mtct_tf.benchmark ablation): the paper's
 # regime of many shop-only retailer items and a few hundred items with a few
@@ -197,7 +205,8 @@ def _garment(a, rng):
     if cat in ("coat", "jacket") or a["button"] != "none":  # Front opening.
         ops.append(("line", [(0, nd), (0, hy)]))
     if a["button"] != "none":
-        xs = (0.0,) if a["button"] == "single_row" else (-.045, .045)
+        xs = ((0.0,) if a["button"] == "single_row"
+              else (-BUTTON_ROW_OFFSET, BUTTON_ROW_OFFSET))
         ys = np.linspace(nd + .035, bottom, rng.integers(4, 7))
         ops.append(("button", [(x, y) for y in ys for x in xs]))
     return ops, _style(a, rng, arm=(b, d))
@@ -217,7 +226,7 @@ def _style(a, rng, arm):
         inside=_shade(colour, 0.25 if dark else -0.4),
         dark=_shade(colour, 0.15 if dark else -0.25),
         button=(40, 40, 40) if lum > 140 else (235, 235, 225),
-        pattern=a["pattern"], period=rng.uniform(0.06, 0.085),
+        pattern=a["pattern"], period=rng.uniform(*PATTERN_PERIOD),
         phase=tuple(rng.uniform(0, 1, 2)), arm=arm)
 
 
@@ -289,7 +298,7 @@ def _draw_garment(img, ops, st, frame, inside=None):
             d.line(xy, fill=st["dark"] if role == "band" else trim,
                    width=int(.03 * frame.scale) if role == "band" else lw)
         else:
-            r = 0.02 * frame.scale
+            r = BUTTON_RADIUS * frame.scale
             for x, y in frame(pts):
                 d.ellipse([x - r, y - r, x + r, y + r], fill=st["button"],
                           outline=trim)
