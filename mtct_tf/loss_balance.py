@@ -162,7 +162,8 @@ def measure(config, model_dir, batches=8, verbose=True):
         transfer.freeze_trunk(net)
     trainer = transfer.CrossDomainModel(
         net, shop, kind=cross.kind, weight=cross.weight, alpha=cross.alpha,
-        beta=cross.beta, margin=cross.margin, normalize=cross.normalize)
+        beta=cross.beta, margin=cross.margin, normalize=cross.normalize,
+        attribute_weights=config.attribute_weights)
     d = config.data
     street = training.street_dir(config)
     ds = triplets.make_triplet_dataset(

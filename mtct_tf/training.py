@@ -346,7 +346,8 @@ def train_stage(config, model_dir, stage, *, verbose="auto"):
             trainer = transfer.CrossDomainModel(
                 net, shop_net, kind=cross.kind, weight=cross.weight,
                 alpha=cross.alpha, beta=cross.beta, margin=cross.margin,
-                normalize=cross.normalize)
+                normalize=cross.normalize,
+                attribute_weights=config.attribute_weights)
         else:
             net = build_mtn(config, schema)
             if config.init_from and stage in ("shop", "united", "joint"):
@@ -357,7 +358,8 @@ def train_stage(config, model_dir, stage, *, verbose="auto"):
                 net, None, kind=kind, weight=cross.weight, alpha=cross.alpha,
                 beta=cross.beta, margin=cross.margin,
                 normalize=cross.normalize,
-                shop_loss_weight=1.0 if stage == "joint" else 0.0)
+                shop_loss_weight=1.0 if stage == "joint" else 0.0,
+                attribute_weights=config.attribute_weights)
         # Batch statistics of the global batch, as on one device.
         distribute.sync_batch_norm(net, strategy.num_replicas_in_sync > 1)
         trainer.compile(optimizer=make_optimizer(stage_cfg, spe * epochs),
