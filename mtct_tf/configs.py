@@ -358,16 +358,17 @@ def synth_benchmark():
     Data: the paper's regime (``synthetic.BENCHMARK_DATA``): 3,400 items, of
     which 400 have 3 street photos each (240 / 80 / 80 street items for
     train / val / test) and the rest only their shop image. Model: the
-    ``small`` MTN at 64 px. The shop stage (shared by the two-stage
-    methods of a seed) is 2,000 steps; the pattern cross-entropy weighs 4:
-    with equal weights the nine heads of the small trunk starve the
-    texture attribute, which stays at chance on shop validation after
-    2,000 steps (docs/BENCHMARK_DESIGN_NOTES.md). The cross-domain weight
-    puts the t-STE gradient on the branches on the scale of the CE's
-    (measured ratio in the notes).
+    ``small`` MTN at 64 px, batch 64. The shop stage (shared by the
+    two-stage methods of a seed) is 2,000 steps and reaches shop mAP_cls
+    88.9 on validation, 88.4 on test (chance 25.6), every attribute >= 76
+    AP; ~400 s on 2 loaded cores. The pattern cross-entropy weighs 4: with
+    equal weights the nine heads of the small trunk starve the texture
+    attribute, which stays at chance on shop validation after 2,000 steps
+    (docs/BENCHMARK_DESIGN_NOTES.md).
     """
     config = demo()
     config.data.shards_dir = "runs/benchmark/shards"
+    config.data.batch_size = 64
     config.attribute_weights = {"pattern": 4.0}
     config.shop = StageConfig(epochs=10, steps_per_epoch=200,
                               learning_rate=2e-3)
