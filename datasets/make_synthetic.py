@@ -3,6 +3,12 @@
     python datasets/make_synthetic.py --out data/xdomain_synth --items 2000 \
         --seed 1 --workers 2 --contact_sheet docs/images/synth_contact_sheet.png
 
+The paper's regime (many shop-only items, few with street photos), as the
+``synth_benchmark`` experiment uses it:
+
+    python datasets/make_synthetic.py --out data/xdomain_paper --items 3400 \
+        --street_items 400 --seed 2017 --workers 2
+
 Writes ``<out>/images/{shop,street}/*.jpg``, ``<out>/schema.json`` and, last,
 ``<out>/manifest.jsonl`` (docs/DATA_FORMAT.md); prints a JSON summary.
 """
@@ -21,6 +27,9 @@ def main(argv=None):
     p.add_argument("--image_size", type=int, default=128)
     p.add_argument("--shop_per_item", type=int, default=1)
     p.add_argument("--street_per_item", type=int, default=3)
+    p.add_argument("--street_items", type=int, default=None,
+                   help="only this many items get street images (the rest "
+                        "are shop-only); default: every item")
     p.add_argument("--missing_rate", type=float, default=0.1)
     p.add_argument("--split_fractions", type=float, nargs=3,
                    default=(0.6, 0.2, 0.2), metavar=("TRAIN", "VAL", "TEST"))
@@ -36,7 +45,8 @@ def main(argv=None):
             street_per_item=args.street_per_item,
             missing_rate=args.missing_rate,
             split_fractions=tuple(args.split_fractions),
-            workers=args.workers, progress=not args.quiet)
+            workers=args.workers, progress=not args.quiet,
+            street_items=args.street_items)
     except ValueError as e:
         p.error(str(e))
     if args.contact_sheet:

@@ -46,20 +46,49 @@ FRACTIONS = (0.1, 0.25, 1.0)
 CURVE_METHODS = ("ftt", "mtct")
 COLUMNS = ("mAP_cls", "mP_ins", "mR_ins")
 
-DATA_ITEMS = 600
-DATA_SEED = 2017
+DATA_ITEMS = 3400  # synthetic.BENCHMARK_DATA["items"]
+DATA_SEED = 2017  # synthetic.BENCHMARK_DATA["seed"]; --render_seed
 
 
-def prepare_data(workdir, items=DATA_ITEMS):
-    """Renders and converts the benchmark data once; returns the shards dir."""
+def prepare_data(workdir, items=DATA_ITEMS, render_seed=DATA_SEED):
+    """Renders and converts the benchmark data once; returns the shards dir.
+
+    The data are ``synthetic.BENCHMARK_DATA`` (the paper's regime) with
+    ``items`` (the share of items with street photos is kept) and
+    ``render_seed``. The settings are recorded in
+    ``<workdir>/render.json``; a workdir rendered with other settings is
+    refused, because its finished runs would be reused as if they were
+    runs on these data.
+
+    Raises:
+        ValueError: ``workdir`` holds data rendered with other settings.
+    """
     from mtct_tf.data import convert
     from mtct_tf.data import synthetic
 
+    full = synthetic.BENCHMARK_DATA
+    # Fewer items (quick runs) keep the share of items with street photos.
+    street_items = min(items, max(1, round(
+        full["street_items"] * items / full["items"])))
+    settings = dict(full, items=items, street_items=street_items,
+                    seed=render_seed)
+    record = os.path.join(workdir, "render.json")
+    if os.path.exists(record):
+        with open(record) as f:
+            previous = json.load(f)
+        if previous != settings:
+            raise ValueError(
+                f"{workdir} holds runs on data rendered with {previous}; "
+                f"these settings are {settings}. Use another --workdir.")
+    os.makedirs(workdir, exist_ok=True)
+    with open(record + ".tmp", "w") as f:
+        json.dump(settings, f, indent=1)
+    os.replace(record + ".tmp", record)
     data = os.path.join(workdir, "data")
     shards = os.path.join(workdir, "shards")
     if not os.path.exists(os.path.join(shards, convert.SUMMARY)):
         if not os.path.exists(os.path.join(data, "manifest.jsonl")):
-            synthetic.render_dataset(data, items=items, seed=DATA_SEED)
+            synthetic.render_dataset(data, progress=False, **settings)
         convert.convert_manifest(os.path.join(data, "manifest.jsonl"), shards)
     return shards
 
@@ -234,13 +263,14 @@ def write_report(summary, info, out_dir):
     for method, points in summary["curve"].items():
         for f, s in points.items():
             curve_rows[f"{method}, {100 * float(f):g}% street labels"] = s
+    render_seed = info.get("render_seed", DATA_SEED)
     text = f"""# Results: MTCT and its ablations on X-Domain-synth
 
 Produced by `{info['command']}` in {info['minutes']:.1f} minutes on this
 machine ({info['machine']}){info.get('note', '')}; {info['seeds']} seeds, mean ± std over seeds,
 street test split ({info['street_test_images']} images), percentages.
 Every method ran the `synth_benchmark` experiment unchanged (data: {info['items']}
-items rendered with seed {DATA_SEED}; model: `small` MTN at 64 px; budget:
+items rendered with seed {render_seed}; model: `small` MTN at 64 px; budget:
 {info['budget']}), so the comparison is at equal data, model and steps.
 Per-attribute columns are class-level AP (SPEC §6). Chance mAP_cls (a
 predictor that ignores the image) is {info['chance']:.2f}.
@@ -277,12 +307,13 @@ No-Adapt 51.38, UD 58.76, FTT 61.82, MTCT 64.35 mAP_cls.
 
 
 def run(seeds=3, workdir="runs/benchmark", out_dir="docs", items=DATA_ITEMS,
-        overrides=(), command="python -m mtct_tf.benchmark ablation"):
+        overrides=(), command="python -m mtct_tf.benchmark ablation",
+        render_seed=DATA_SEED):
     """Runs the whole ablation and writes the report; returns the summary."""
     from mtct_tf import configs
 
     start = time.time()
-    shards = prepare_data(workdir, items)
+    shards = prepare_data(workdir, items, render_seed)
     per = {}  # (row table, name) -> list of results over seeds
 
     def add(key, result):
@@ -325,6 +356,7 @@ def run(seeds=3, workdir="runs/benchmark", out_dir="docs", items=DATA_ITEMS,
                    f"{os.cpu_count()} CPUs",
         "seeds": seeds,
         "items": items,
+        "render_seed": render_seed,
         "street_test_images": first["num_images"],
         "chance": 100 * float(np.mean(
             [r["chance_mAP_cls"] for r in per[("methods", "MTCT")]])),
@@ -347,6 +379,11 @@ def add_arguments(parser):
     parser.add_argument("--out", default="docs",
                         help="where RESULTS.md, results/ and images/ go")
     parser.add_argument("--items", type=int, default=DATA_ITEMS)
+    parser.add_argument(
+        "--render_seed", type=int, default=DATA_SEED,
+        help="seed of the rendered benchmark data (default %(default)s); "
+             "another seed draws other garments and photos: give it its "
+             "own --workdir")
     parser.add_argument("--override", action="append", default=[],
                         metavar="KEY=VALUE",
                         help="applied to every method alike")
@@ -354,9 +391,12 @@ def add_arguments(parser):
     def func(args):
         command = "python -m mtct_tf.benchmark ablation " + " ".join(
             f"--seeds {args.seeds}".split()
+            + ([f"--render_seed {args.render_seed}"]
+               if args.render_seed != DATA_SEED else [])
             + [f"--override {o}" for o in args.override])
         run(seeds=args.seeds, workdir=args.workdir, out_dir=args.out,
-            items=args.items, overrides=args.override, command=command)
+            items=args.items, overrides=args.override, command=command,
+            render_seed=args.render_seed)
         return 0
 
     parser.set_defaults(func=func)

@@ -23,7 +23,10 @@ Embedding (the cross-domain loss's ``f(I)``): the concatenation of every
 branch's second FC layer. The street stage fine-tunes only the FC branches
 by default (SPEC §2), so the embedding must be computed by those layers, or
 the cross-domain loss would have nothing to move; the second FC layer is the
-last representation shared by all of a branch's values.
+last representation shared by all of a branch's values. It is computed
+without dropout (the second FC layer is called a second time, on the first
+one's output before its dropout), so in training it is the same function of
+the image as in inference.
 """
 
 import keras
@@ -284,16 +287,24 @@ class MTN(keras.Model):
 
         outputs, penultimate = {}, []
         for name, n in num_values.items():
-            h = features
-            for i in (1, 2):
-                h = keras.layers.Dense(
-                    fc_units, activation="relu", name=f"{name}_fc{i}"
-                )(h)
-                if dropout:
-                    h = keras.layers.Dropout(
-                        dropout, name=f"{name}_drop{i}"
-                    )(h)
-            penultimate.append(h)
+            fc1, fc2 = (keras.layers.Dense(fc_units, activation="relu",
+                                           name=f"{name}_fc{i}")
+                        for i in (1, 2))
+
+            def drop(x, i, name=name):
+                if not dropout:
+                    return x
+                return keras.layers.Dropout(dropout,
+                                            name=f"{name}_drop{i}")(x)
+
+            h1 = fc1(features)
+            h2 = fc2(drop(h1, 1))
+            # The embedding is fc2 (the same layer) on the dropout-free fc1
+            # output: dropout noise in it moves an anchor about as far from
+            # its own inference embedding as from its positive, and the
+            # cross-domain loss would pull noise.
+            penultimate.append(fc2(h1) if dropout else h2)
+            h = drop(h2, 2)
             logits = keras.layers.Dense(n, name=f"{name}_logits")(h)
             # float32 softmax keeps probabilities exact under mixed precision.
             activation = ("sigmoid" if kinds[name] == attributes_lib.MULTILABEL

@@ -258,7 +258,8 @@ class _MTNStage(Stage):
         cross = (config.street.cross_domain if self.cross_domain else None)
         trainer = transfer.MTNTrainer(
             net, None, cross_domain=cross,
-            shop_loss_weight=self.shop_loss_weight)
+            shop_loss_weight=self.shop_loss_weight,
+            attribute_weights=config.attribute_weights)
         return Models(trainer, net, net)
 
     def outputs(self, models, schema, config, inputs, done):
@@ -296,7 +297,8 @@ class StreetStage(_MTNStage):
         if config.street.finetune == "fc":
             transfer.freeze_trunk(net)
         trainer = transfer.MTNTrainer(
-            net, previous, cross_domain=config.street.cross_domain)
+            net, previous, cross_domain=config.street.cross_domain,
+            attribute_weights=config.attribute_weights)
         return Models(trainer, net, net)
 
 

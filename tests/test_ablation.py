@@ -65,3 +65,18 @@ def test_report_files(tmp_path):
     saved = json.loads((tmp_path / "results" / "ablation.json").read_text())
     assert saved["summary"]["methods"]["UD"]["mAP_cls"][0] == pytest.approx(
         35.0)
+
+
+def test_prepare_data_records_the_render_seed(tmp_path):
+    from mtct_tf.data import pipeline
+
+    shards = ablation.prepare_data(str(tmp_path), items=34, render_seed=3)
+    with open(tmp_path / "render.json") as f:
+        settings = json.load(f)
+    assert settings["seed"] == 3 and settings["street_items"] == 4
+    summary = pipeline.load_summary(shards)
+    assert summary["splits"]["test"]["domains"]["street"] == 3
+    assert ablation.prepare_data(str(tmp_path), items=34,
+                                 render_seed=3) == shards
+    with pytest.raises(ValueError, match="another --workdir"):
+        ablation.prepare_data(str(tmp_path), items=34, render_seed=4)

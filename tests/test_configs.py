@@ -55,3 +55,14 @@ def test_saved_config_round_trips(tmp_path):
     configs.save(c, str(path))
     again = configs.from_dict(configs.load_yaml(str(path)))
     assert again == c
+
+
+def test_attribute_weights_override_and_checks():
+    c = configs.build("synth_benchmark", None,
+                      ["attribute_weights={pattern: 4, button: 2.5}"])
+    assert c.attribute_weights == {"pattern": 4, "button": 2.5}
+    assert configs.build("demo").attribute_weights == {}
+    with pytest.raises(configs.ConfigError, match="numbers >= 0"):
+        configs.build("demo", None, ["attribute_weights={pattern: -1}"])
+    with pytest.raises(configs.ConfigError, match="attribute_weights expects"):
+        configs.build("demo", None, ["attribute_weights=3"])

@@ -116,3 +116,22 @@ def test_trunk_dtypes_under_mixed_precision(policy, elementwise, tmp_path):
     loaded = keras.saving.load_model(path, safe_mode=True)
     out = loaded(x.astype("float32"))
     assert np.all(np.isfinite(np.asarray(out["colour"], "float32")))
+
+
+def test_embedding_is_taken_before_dropout():
+    """With the trunk frozen (batch norm in inference mode), dropout is the
+    only layer that differs between training and inference: the embedding
+    must not see it, the attribute outputs must."""
+    from mtct_tf import transfer
+
+    keras.utils.set_random_seed(0)
+    net = _net(dropout=0.5)
+    transfer.freeze_trunk(net)
+    x = np.random.RandomState(0).uniform(0, 255, (4, 16, 16, 3)).astype(
+        "float32")
+    train, infer = net(x, training=True), net(x, training=False)
+    np.testing.assert_allclose(np.asarray(train["embedding"]),
+                               np.asarray(infer["embedding"]), rtol=1e-6)
+    assert np.abs(np.asarray(infer["embedding"])).max() > 0
+    assert not np.allclose(np.asarray(train["colour"]),
+                           np.asarray(infer["colour"]))

@@ -365,3 +365,53 @@ def test_feature_spec_matches_features_module():
     assert {"image/attribute/category", "image/attribute/colour",
             "image/attribute/sleeve", "image/encoded",
             "image/source_id"} <= keys
+
+
+def test_colour_jitter_ranges_and_determinism():
+    seed = tf.constant([3, 4], tf.int64)
+    # On flat images saturation and contrast do nothing, so
+    # out = v * gain + delta per channel: two levels give gain and delta.
+    lo, hi = 80.0, 160.0
+    out_lo = pipeline.colour_jitter(tf.fill([4, 4, 3], lo), seed).numpy()
+    out_hi = pipeline.colour_jitter(tf.fill([4, 4, 3], hi), seed).numpy()
+    gain = (out_hi[0, 0] - out_lo[0, 0]) / (hi - lo)
+    delta = out_lo[0, 0] - lo * gain
+    g, d = pipeline.CHANNEL_GAIN_JITTER, pipeline.BRIGHTNESS_JITTER * 255
+    assert np.all(np.abs(gain - 1) <= g + 1e-5)
+    assert len(set(np.round(gain, 5))) == 3  # A cast, not a brightness.
+    assert np.ptp(delta) < 1e-3 and abs(delta[0]) <= d + 1e-3
+    image = np.random.RandomState(0).uniform(0, 255, (6, 6, 3)).astype(
+        "float32")
+    a = pipeline.colour_jitter(image, seed).numpy()
+    np.testing.assert_array_equal(a, pipeline.colour_jitter(image,
+                                                            seed).numpy())
+    assert not np.array_equal(a, pipeline.colour_jitter(
+        image, tf.constant([3, 5], tf.int64)).numpy())
+    assert a.min() >= 0 and a.max() <= 255
+
+
+def test_box_jitter_keeps_aspect_and_the_whole_garment():
+    """Training crops scale both sides alike and never cut the garment
+    (length and shape are read from its proportions and hem)."""
+    box = np.array([0.3, 0.35, 0.7, 0.55], np.float32)  # 0.4 x 0.2.
+    for s in range(50):
+        j = pipeline._jitter_box(box, tf.constant([s, 1], tf.int64)).numpy()
+        h, w = j[2] - j[0], j[3] - j[1]
+        assert h / w == pytest.approx(2.0, rel=1e-5)
+        assert 1.0 - 1e-6 <= h / 0.4 <= 1 + pipeline.BOX_SCALE_JITTER + 1e-6
+        # The crop (box plus the 0.1 margin) holds the garment box.
+        m = 0.1
+        assert j[0] - m * h <= box[0] + 1e-6 and j[2] + m * h >= box[2] - 1e-6
+        assert j[1] - m * w <= box[1] + 1e-6 and j[3] + m * w >= box[3] - 1e-6
+    # End to end: a red garment in a grey image stays whole in the crop.
+    image = np.full((100, 100, 3), 128, np.uint8)
+    image[30:70, 35:55] = COLOURS["red"]
+    encoded = tf.constant(_png(image))
+    for s in range(12):
+        out = pipeline.preprocess(encoded, box, image_size=50, training=True,
+                                  seed=s).numpy()
+        red = (out[..., 0] - out[..., 2]) > 60
+        rows, cols = np.flatnonzero(red.any(1)), np.flatnonzero(red.any(0))
+        assert rows[0] > 0 and rows[-1] < 49 and cols[0] > 0 and cols[-1] < 49
+        assert (rows[-1] - rows[0] + 1) / (cols[-1] - cols[0] + 1) == (
+            pytest.approx(2.0, rel=0.12))

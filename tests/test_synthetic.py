@@ -261,3 +261,34 @@ def test_interrupted_rewrite_leaves_no_manifest(tmp_path, monkeypatch):
         _render(tmp_path / "ds")
     assert not (tmp_path / "ds" / "manifest.jsonl").exists()
     assert not [n for n in _files(tmp_path / "ds") if n.endswith(".tmp")]
+
+
+def test_paper_regime_few_street_items_each_paired(tmp_path):
+    summary = _render(tmp_path / "ds", items=30, street_items=10,
+                      street_per_item=2, seed=5)
+    assert summary["street_items"] == 10
+    assert summary["shop"] == 30 and summary["street"] == 20
+    # Street items are split on their own, with exact counts.
+    assert summary["street_splits"] == {"train": 6, "val": 2, "test": 2}
+    assert summary["splits"] == {"train": 18, "val": 6, "test": 6}
+    entries, problems = read_manifest(str(tmp_path / "ds" / "manifest.jsonl"),
+                                      synth_schema())
+    assert problems == []
+    by_item = collections.defaultdict(lambda: collections.Counter())
+    split_of = {}
+    for e in entries:
+        by_item[e.item_id][e.domain] += 1
+        assert split_of.setdefault(e.item_id, e.split) == e.split
+    # Every item has its shop image; every street image has its shop pair.
+    assert all(c["shop"] == 1 for c in by_item.values())
+    assert sorted(c["street"] for c in by_item.values()) == [0] * 20 + [2] * 10
+    chosen = synthetic.street_items_of(30, 5, 10)
+    assert {f"it{i:05d}" for i in np.flatnonzero(chosen)} == {
+        k for k, c in by_item.items() if c["street"]}
+    # A street item's shop image is the one it has without street images.
+    item = int(np.flatnonzero(chosen)[0])
+    alone = synthetic.render_item(item, 5, image_size=SIZE, street_per_item=0)
+    with open(tmp_path / "ds" / alone["records"][0]["path"], "rb") as f:
+        assert f.read() == alone["records"][0]["jpeg"]
+    with pytest.raises(ValueError, match="street_items"):
+        synthetic.street_items_of(5, 0, 6)

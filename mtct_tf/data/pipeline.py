@@ -6,7 +6,7 @@ one record is::
     serialized --parse_example--> {encoded, bbox, labels, ids}
        --(domain / label_fraction filters: cheap, before decoding)-->
        --preprocess: decode_image -> [jitter box] -> crop_and_resize
-                     -> [flip, brightness, contrast]--> float32 [S, S, 3]
+                     -> [flip, colour jitter]--> float32 [S, S, 3]
 
 Images leave the pipeline as float32 in [0, 255], not normalised: the models
 normalise inside themselves, so an exported model needs exactly
@@ -24,16 +24,26 @@ from mtct_tf.data import convert, features
 
 AUTOTUNE = tf.data.AUTOTUNE
 
-# Training augmentation (``preprocess``). The crop box is jittered around
-# the garment box: each side length is multiplied by U[1 - s, 1 + s] and the
-# centre moved by U[-t, t] times the box size, so the network sees the small
-# misalignments that a detector makes on street photos.
-BOX_SCALE_JITTER = 0.15
+# Training augmentation (``preprocess``), the same for every method. The crop
+# box is jittered around the garment box, so the network sees the small
+# misalignments that a detector makes on street photos: both sides are
+# multiplied by one factor U[1, 1 + s] and the centre moved by U[-t, t]
+# times the box size. One factor keeps the box's aspect ratio, and with
+# t <= the crop margin (0.1) the garment stays whole inside the crop: length
+# and shape are read from the garment's proportions and hem, which an
+# anisotropic or cutting crop would change without changing the label.
+BOX_SCALE_JITTER = 0.2
 BOX_SHIFT_JITTER = 0.1
 # Photometric jitter on the [0, 255] scale: additive brightness in
-# U[-d, d] * 255 and contrast factor U[1 - c, 1 + c] around the mean colour.
+# U[-d, d] * 255, contrast factor U[1 - c, 1 + c] around the mean colour,
+# saturation factor U[1 - a, 1 + a] around each pixel's grey level and a
+# per-channel gain U[1 - g, 1 + g] (a colour cast). Mild enough to keep
+# every colour value of the synthetic palette apart (the street renderer's
+# cast is +-20%).
 BRIGHTNESS_JITTER = 0.1
 CONTRAST_JITTER = 0.15
+SATURATION_JITTER = 0.2
+CHANNEL_GAIN_JITTER = 0.08
 # label_fraction resolution: items are kept by a 64-bit fingerprint of their
 # id reduced to this many buckets.
 _FRACTION_BUCKETS = 1_000_000
@@ -319,13 +329,41 @@ def _seed_pair(seed):
 
 
 def _jitter_box(bbox, seed):
+    """Scales a box about its centre by one factor and shifts it."""
     ymin, xmin, ymax, xmax = tf.unstack(tf.cast(bbox, tf.float32))
-    u = tf.random.stateless_uniform([4], seed, minval=-1.0, maxval=1.0)
-    bh = (ymax - ymin) * (1.0 + BOX_SCALE_JITTER * u[0])
-    bw = (xmax - xmin) * (1.0 + BOX_SCALE_JITTER * u[1])
-    cy = (ymin + ymax) / 2 + BOX_SHIFT_JITTER * (ymax - ymin) * u[2]
-    cx = (xmin + xmax) / 2 + BOX_SHIFT_JITTER * (xmax - xmin) * u[3]
+    u = tf.random.stateless_uniform([3], seed, minval=-1.0, maxval=1.0)
+    scale = 1.0 + BOX_SCALE_JITTER * (u[0] + 1.0) / 2.0
+    bh, bw = (ymax - ymin) * scale, (xmax - xmin) * scale
+    cy = (ymin + ymax) / 2 + BOX_SHIFT_JITTER * (ymax - ymin) * u[1]
+    cx = (xmin + xmax) / 2 + BOX_SHIFT_JITTER * (xmax - xmin) * u[2]
     return tf.stack([cy - bh / 2, cx - bw / 2, cy + bh / 2, cx + bw / 2])
+
+
+def colour_jitter(image, seed):
+    """Random brightness, contrast, saturation and per-channel gain.
+
+    Args:
+        image: float32 [H, W, 3] on the [0, 255] scale.
+        seed: int [2] stateless seed; the result is a function of it.
+
+    Returns:
+        float32 [H, W, 3] clipped to [0, 255].
+    """
+    image = tf.convert_to_tensor(image, tf.float32)
+    seeds = tf.random.split(tf.cast(seed, tf.int64), num=4)
+    delta = tf.random.stateless_uniform(
+        [], seeds[0], -BRIGHTNESS_JITTER, BRIGHTNESS_JITTER) * 255.0
+    contrast = tf.random.stateless_uniform(
+        [], seeds[1], 1.0 - CONTRAST_JITTER, 1.0 + CONTRAST_JITTER)
+    saturation = tf.random.stateless_uniform(
+        [], seeds[2], 1.0 - SATURATION_JITTER, 1.0 + SATURATION_JITTER)
+    gain = tf.random.stateless_uniform(
+        [3], seeds[3], 1.0 - CHANNEL_GAIN_JITTER, 1.0 + CHANNEL_GAIN_JITTER)
+    grey = tf.reduce_sum(image * [0.299, 0.587, 0.114], -1, keepdims=True)
+    out = (image - grey) * saturation + grey
+    mean = tf.reduce_mean(out, axis=[0, 1], keepdims=True)
+    out = ((out - mean) * contrast + mean) * gain + delta
+    return tf.clip_by_value(out, 0.0, 255.0)
 
 
 def _element_seed(record, seed):
@@ -349,9 +387,9 @@ def preprocess(encoded, bbox, *, image_size, training, margin=0.1, seed=None):
         bbox: float [4] ``ymin, xmin, ymax, xmax`` normalised ([0, 0, 1, 1]
             for the whole image).
         image_size: output side ``S``.
-        training: Python bool; adds box jitter, random horizontal flip and
-            brightness / contrast jitter (constants at the top of this
-            module).
+        training: Python bool; adds box jitter (aspect-preserving, never
+            cutting the garment), random horizontal flip and colour jitter
+            (``colour_jitter``; constants at the top of this module).
         margin: context around the box (see ``crop_and_resize``).
         seed: ``None`` (random), an int, or an int [2] tensor: the
             augmentation is a deterministic function of it.
@@ -362,18 +400,12 @@ def preprocess(encoded, bbox, *, image_size, training, margin=0.1, seed=None):
     image = decode_image(encoded)
     if not training:
         return crop_and_resize(image, bbox, image_size, margin)
-    seeds = tf.random.split(_seed_pair(seed), num=5)
+    seeds = tf.random.split(_seed_pair(seed), num=3)
     bbox = _jitter_box(bbox, seeds[0])
     out = crop_and_resize(image, bbox, image_size, margin)
     flip = tf.random.stateless_uniform([], seeds[1]) < 0.5
     out = tf.cond(flip, lambda: tf.reverse(out, axis=[1]), lambda: out)
-    delta = tf.random.stateless_uniform(
-        [], seeds[2], -BRIGHTNESS_JITTER, BRIGHTNESS_JITTER) * 255.0
-    factor = tf.random.stateless_uniform(
-        [], seeds[3], 1.0 - CONTRAST_JITTER, 1.0 + CONTRAST_JITTER)
-    mean = tf.reduce_mean(out, axis=[0, 1], keepdims=True)
-    out = (out - mean) * factor + mean + delta
-    return tf.clip_by_value(out, 0.0, 255.0)
+    return colour_jitter(out, seeds[2])
 
 
 def item_kept(item_id, label_fraction):
@@ -449,8 +481,9 @@ def make_dataset(shards, schema=None, *, image_size, batch_size, training,
         drop_remainder: ``None`` (= ``training``) or a bool.
         label_fraction: in (0, 1]: keep only the records of this fraction
             of items (chosen by ``item_kept``), for small-data experiments.
-            The records of other items are dropped, not kept unlabelled:
-            semi-supervised use is not part of the method.
+            The records of other items are dropped; the triplet pipeline
+            (``triplets.make_triplet_dataset``) keeps them as unlabelled
+            anchors instead.
         cache: ``False``, ``True`` (memory) or a file prefix: cache the
             parsed, filtered records (encoded bytes, before decoding and
             augmentation). Off by default: a split is never held in memory

@@ -42,6 +42,22 @@ STREET_BLUR = (0.0, 1.0)  # Box blur radius in output pixels.
 STREET_NOISE = (2.0, 8.0)  # Gaussian sigma in grey levels.
 OCCLUSION_PROB = 0.6
 OCCLUSION_AREA = (0.08, 0.25)  # Occluder area / garment box area.
+# Pattern period, button radius and the half-distance of a double row, in
+# garment units (a regular body is 0.31 wide). Chosen so that a garment
+# cropped to its box and resized to 64 px still shows them: a period of
+# ~6-8 px, buttons ~3 px wide, double rows ~6 px apart (at the first
+# settings, 0.06-0.085 / 0.02 / 0.045, pattern stayed at chance level).
+PATTERN_PERIOD = (0.10, 0.13)
+BUTTON_RADIUS = 0.026
+BUTTON_ROW_OFFSET = 0.055
+
+# The benchmark's data (python -m mtct_tf.benchmark ablation): the paper's
+# regime of many shop-only retailer items and a few hundred items with a few
+# street photos each, split 60 / 20 / 20 by item within each group.
+# ``seed`` is the default render seed (``--render_seed`` overrides it).
+BENCHMARK_DATA = dict(items=3400, street_items=400, street_per_item=3,
+                      shop_per_item=1, image_size=128, missing_rate=0.1,
+                      seed=2017)
 
 PALETTE = {
     "red": (200, 30, 35), "orange": (240, 130, 20), "yellow": (245, 215, 40),
@@ -190,7 +206,8 @@ def _garment(a, rng):
     if cat in ("coat", "jacket") or a["button"] != "none":  # Front opening.
         ops.append(("line", [(0, nd), (0, hy)]))
     if a["button"] != "none":
-        xs = (0.0,) if a["button"] == "single_row" else (-.045, .045)
+        xs = ((0.0,) if a["button"] == "single_row"
+              else (-BUTTON_ROW_OFFSET, BUTTON_ROW_OFFSET))
         ys = np.linspace(nd + .035, bottom, rng.integers(4, 7))
         ops.append(("button", [(x, y) for y in ys for x in xs]))
     return ops, _style(a, rng, arm=(b, d))
@@ -210,7 +227,7 @@ def _style(a, rng, arm):
         inside=_shade(colour, 0.25 if dark else -0.4),
         dark=_shade(colour, 0.15 if dark else -0.25),
         button=(40, 40, 40) if lum > 140 else (235, 235, 225),
-        pattern=a["pattern"], period=rng.uniform(0.06, 0.085),
+        pattern=a["pattern"], period=rng.uniform(*PATTERN_PERIOD),
         phase=tuple(rng.uniform(0, 1, 2)), arm=arm)
 
 
@@ -282,7 +299,7 @@ def _draw_garment(img, ops, st, frame, inside=None):
             d.line(xy, fill=st["dark"] if role == "band" else trim,
                    width=int(.03 * frame.scale) if role == "band" else lw)
         else:
-            r = 0.02 * frame.scale
+            r = BUTTON_RADIUS * frame.scale
             for x, y in frame(pts):
                 d.ellipse([x - r, y - r, x + r, y + r], fill=st["button"],
                           outline=trim)
@@ -457,15 +474,38 @@ def render_item(item_index, seed, *, image_size=128, shop_per_item=1,
     return dict(item_id=item_id, attributes=attrs, records=records)
 
 
-def assign_splits(items, seed, fractions=(0.6, 0.2, 0.2)):
-    """Returns the split name of each item (exact counts, seeded shuffle)."""
+def street_items_of(items, seed, street_items=None):
+    """Which items have street images: a bool array of length ``items``.
+
+    ``None`` means every item (the default regime: each item has shop and
+    street images). Otherwise a seeded choice of exactly ``street_items``
+    items; the rest are shop-only, as in the paper's regime, where a few
+    street photos are linked to many retailer items.
+    """
+    if street_items is None:
+        return np.ones(items, bool)
+    if not 0 <= street_items <= items:
+        raise ValueError("street_items must be in [0, items]. Received: "
+                         f"street_items={street_items}, items={items}")
+    chosen = np.zeros(items, bool)
+    chosen[np.random.default_rng([seed, 2]).permutation(items)[
+        :street_items]] = True
+    return chosen
+
+
+def assign_splits(items, seed, fractions=(0.6, 0.2, 0.2), stream=1):
+    """Returns the split name of each item (exact counts, seeded shuffle).
+
+    ``stream`` selects an independent shuffle for the same seed (the
+    shop-only items of the paper's regime are split on their own stream).
+    """
     if (len(fractions) != 3 or min(fractions) < 0
             or abs(sum(fractions) - 1) > 1e-6):
         raise ValueError("split_fractions must be 3 non-negative numbers "
                          f"summing to 1. Received: fractions={fractions!r}")
     n_train = int(round(fractions[0] * items))
     n_val = min(int(round(fractions[1] * items)), items - n_train)
-    order = np.random.default_rng([seed, 1]).permutation(items)
+    order = np.random.default_rng([seed, stream]).permutation(items)
     splits = ["test"] * items
     for rank, i in enumerate(order[:n_train + n_val]):
         splits[i] = "train" if rank < n_train else "val"
@@ -476,8 +516,10 @@ def _write_atomic(path, data):
     fileio.write_bytes(path, data)
 
 
-def _render_and_write(job, out_dir, **kwargs):
-    records = render_item(job[0], split=job[1], **kwargs)["records"]
+def _render_and_write(job, out_dir, street_per_item, **kwargs):
+    index, split, has_street = job
+    records = render_item(index, split=split, street_per_item=(
+        street_per_item if has_street else 0), **kwargs)["records"]
     for r in records:
         _write_atomic(os.path.join(out_dir, r["path"]), r.pop("jpeg"))
     return records
@@ -485,12 +527,21 @@ def _render_and_write(job, out_dir, **kwargs):
 
 def render_dataset(out_dir, *, items, seed=0, image_size=128, shop_per_item=1,
                    street_per_item=3, missing_rate=0.1,
-                   split_fractions=(0.6, 0.2, 0.2), workers=1, progress=True):
+                   split_fractions=(0.6, 0.2, 0.2), workers=1, progress=True,
+                   street_items=None):
     """Renders X-Domain-synth into ``out_dir`` (docs/DATA_FORMAT.md layout).
 
     Images go to ``images/{shop,street}/``, then ``schema.json``, then
     ``manifest.jsonl``; each file is written under a temporary name and
     renamed, so an interrupted run never leaves a complete-looking dataset.
+
+    Two regimes: by default every item has shop and street images. With
+    ``street_items`` only that many items (a seeded choice,
+    ``street_items_of``) have street images and the rest are shop-only: the
+    paper's regime of many retailer items and few street photos linked to
+    them. Street and shop-only items are then split separately, each with
+    exact ``split_fractions`` counts, so the street splits do not depend on
+    how many shop-only items there are.
 
     Args:
         out_dir: dataset root (created if needed).
@@ -502,6 +553,8 @@ def render_dataset(out_dir, *, items, seed=0, image_size=128, shop_per_item=1,
         split_fractions: train / val / test fractions of the items.
         workers: processes; the output does not depend on it.
         progress: show a tqdm bar and a closing line on stderr.
+        street_items: ``None`` (every item) or how many items have street
+            images.
 
     Returns:
         A summary dict: image counts, items per split, seconds, images/s.
@@ -519,7 +572,15 @@ def render_dataset(out_dir, *, items, seed=0, image_size=128, shop_per_item=1,
             f"{street_per_item}, missing_rate={missing_rate}")
     from tqdm import tqdm  # Only the dataset writer needs it.
 
-    splits = assign_splits(items, seed, split_fractions)
+    has_street = street_items_of(items, seed, street_items)
+    if street_items is None:
+        splits = assign_splits(items, seed, split_fractions)
+    else:
+        splits = np.empty(items, object)
+        for stream, group in ((1, has_street), (3, ~has_street)):
+            splits[group] = assign_splits(int(group.sum()), seed,
+                                          split_fractions, stream=stream)
+        splits = splits.tolist()
     for dom in ("shop", "street"):
         os.makedirs(os.path.join(out_dir, "images", dom), exist_ok=True)
     manifest = os.path.join(out_dir, "manifest.jsonl")
@@ -530,13 +591,14 @@ def render_dataset(out_dir, *, items, seed=0, image_size=128, shop_per_item=1,
         shop_per_item=shop_per_item, street_per_item=street_per_item,
         missing_rate=missing_rate)
     start, records = time.perf_counter(), []
-    total = items * (shop_per_item + street_per_item)
+    n_street = int(has_street.sum())
+    total = items * shop_per_item + n_street * street_per_item
     # "spawn": forking a process that already runs TensorFlow can deadlock.
     pool = (multiprocessing.get_context("spawn").Pool(workers)
             if workers > 1 else contextlib.nullcontext())
     with pool, tqdm(total=total, unit="img", file=sys.stderr,
                     disable=not progress) as bar:
-        jobs = enumerate(splits)
+        jobs = zip(range(items), splits, has_street.tolist())
         for recs in (pool.imap(work, jobs, chunksize=8) if workers > 1
                      else map(work, jobs)):
             records += recs
@@ -547,8 +609,12 @@ def render_dataset(out_dir, *, items, seed=0, image_size=128, shop_per_item=1,
     seconds = time.perf_counter() - start
     summary = dict(
         out_dir=out_dir, items=items, images=len(records),
-        shop=items * shop_per_item, street=items * street_per_item,
+        shop=items * shop_per_item, street=n_street * street_per_item,
+        street_items=n_street,
         splits={s: splits.count(s) for s in ("train", "val", "test")},
+        street_splits={s: sum(1 for sp, h in zip(splits, has_street)
+                              if h and sp == s)
+                       for s in ("train", "val", "test")},
         seconds=round(seconds, 3),
         images_per_second=round(len(records) / max(seconds, 1e-9), 1))
     if progress:

@@ -4,6 +4,12 @@ Each element is a street image (anchor, with its labels), a shop image of
 the same item (positive) and a shop image of another item (negative; with
 ``negatives="hard"`` one of the same garment category when there is one).
 
+Small street-label experiments (``label_fraction < 1``) keep *every* street
+image as an anchor and hide the labels of the items outside the fraction
+(-1, missing): a street photo linked to its shop item is cheap, its
+attribute labels are dear, so unlabelled anchors still give the
+cross-domain term while the cross-entropy sees only the labelled items.
+
 Street anchors stream from their shards like any other data. Positives and
 negatives are looked up by item in a table of the split's *encoded* shop
 images, built by one streaming pass over the shop records: memory grows
@@ -77,7 +83,8 @@ class ShopTable:
 def make_triplet_dataset(street_files, shop_files, schema, *, image_size,
                          batch_size, training, negatives="random", margin=0.1,
                          label_fraction=1.0, seed=None, repeat=None,
-                         shuffle_buffer=2048, drop_remainder=None):
+                         shuffle_buffer=2048, drop_remainder=None,
+                         keep_unlabelled=True):
     """Batches of ``({"image", "positive", "negative"}, {"street", "shop"})``.
 
     Args:
@@ -89,9 +96,12 @@ def make_triplet_dataset(street_files, shop_files, schema, *, image_size,
         training: shuffle, augment and repeat.
         negatives: ``"random"`` or ``"hard"`` (same garment category).
         margin: context kept around boxes (see ``pipeline.preprocess``).
-        label_fraction: keep the street records of only this fraction of
-            items (small-data experiments; same rule as
-            ``pipeline.make_dataset``).
+        label_fraction: the street labels of only this fraction of items
+            are kept (small-data experiments; the items are chosen by
+            ``pipeline.item_kept``, so the subsets are nested).
+        keep_unlabelled: ``True``: the street images of the other items
+            stay as anchors with every label missing (-1); ``False``: they
+            are dropped, as ``pipeline.make_dataset`` drops them.
         seed: shuffling and negative sampling seed.
         repeat: repeat forever (default: ``training``).
         shuffle_buffer: street records held for shuffling.
@@ -130,11 +140,17 @@ def make_triplet_dataset(street_files, shop_files, schema, *, image_size,
         street_files, schema, image_size=image_size, batch_size=1,
         training=training, domain="street", margin=margin,
         shuffle_buffer=shuffle_buffer, seed=seed, repeat=repeat,
-        with_meta=True, label_fraction=label_fraction, drop_remainder=False,
+        with_meta=True, drop_remainder=False,
+        label_fraction=1.0 if keep_unlabelled else label_fraction,
     ).unbatch()
+    hide = keep_unlabelled and label_fraction < 1.0
 
     def pair(image, labels, meta):
         pos = lookup.lookup(meta["item_id"])
+        if hide:
+            kept = pipeline.item_kept(meta["item_id"], label_fraction)
+            labels = {a: tf.where(kept, v, -tf.ones_like(v))
+                      for a, v in labels.items()}
         return image, labels, pos
 
     def add_shop(image, labels, pos):

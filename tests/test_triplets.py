@@ -1,0 +1,55 @@
+"""Triplets of the street stage: small-label runs keep every anchor."""
+
+import numpy as np
+import pytest
+
+from mtct_tf.data import pipeline
+from mtct_tf.data import triplets
+
+# item_kept (tests/test_pipeline.py pins it): at 0.25 the training items
+# it00 and it01 keep their labels, it02 and it03 do not; at 0.5 it03 joins.
+KEPT = {0.25: {0, 1}, 0.5: {0, 1, 3}, 1.0: {0, 1, 2, 3}}
+
+
+def _anchors(shards, fraction, keep_unlabelled=True):
+    """Item index -> street labels of each anchor of the train split."""
+    files = pipeline.shard_files(shards, "train")
+    schema = pipeline.load_schema(shards)
+    ds = triplets.make_triplet_dataset(
+        files, files, schema, image_size=8, batch_size=2, training=False,
+        label_fraction=fraction, keep_unlabelled=keep_unlabelled)
+    out = {}
+    for x, y in ds:
+        assert x["positive"].shape == x["image"].shape == (
+            x["negative"].shape)
+        # Each tiny item has its own shop colour: it names the item.
+        for i, item in enumerate(y["shop"]["colour"].numpy()):
+            out.setdefault(int(item), []).append(
+                {a: int(v[i]) for a, v in y["street"].items()})
+    return out
+
+
+@pytest.mark.parametrize("fraction", [0.25, 0.5, 1.0])
+def test_every_street_image_keeps_its_pair_labels_are_nested(tiny_shards,
+                                                             fraction):
+    dataset, shards, _ = tiny_shards
+    full = _anchors(shards, 1.0)
+    got = _anchors(shards, fraction)
+    # Every street training image is an anchor at every fraction.
+    assert sorted(got) == sorted(full) == [0, 1, 2, 3]
+    assert {k: len(v) for k, v in got.items()} == {
+        k: len(v) for k, v in full.items()}
+    for item, rows in got.items():
+        for row, ref in zip(rows, full[item]):
+            if item in KEPT[fraction]:
+                assert row == ref
+            else:
+                assert set(row.values()) == {-1}
+    # The unmasked labels really are labels (the test can fail).
+    assert any(v >= 0 for row in full[0] for v in row.values())
+
+
+def test_dropping_unlabelled_anchors_is_still_possible(tiny_shards):
+    _, shards, _ = tiny_shards
+    got = _anchors(shards, 0.25, keep_unlabelled=False)
+    assert sorted(got) == sorted(KEPT[0.25])
