@@ -38,7 +38,7 @@ def _trainer(weight=1.0):
 def test_gradient_norms_match_a_direct_tape():
     trainer, batch = _trainer(), _batch()
     got = loss_balance.gradient_norms(trainer, batch)
-    variables = [v for layer in trainer.street.branch_layers()
+    variables = [v for layer in trainer.net.branch_layers()
                  for v in layer.trainable_weights]
     x, y = batch
     with tf.GradientTape(persistent=True) as tape:
