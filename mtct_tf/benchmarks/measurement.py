@@ -215,11 +215,11 @@ def measure_training(preset, batch_size, rounds, precisions=PRECISIONS,
         t = Clock()
         trainers[precision] = build_trainer(preset, precision,
                                             jit_compile=jit_compile)
-        size = trainers[precision].street.image_size
+        size = trainers[precision].net.image_size
         x, y = _random_batch(batch_size, size)
         trainers[precision].train_on_batch(x, y)  # Trace and warm up.
         build[precision] = t.read()[0]
-    net = trainers[precisions[0]].street
+    net = trainers[precisions[0]].net
     out.update(flops_per_image(net), image_size=net.image_size,
                first_step_seconds=build)
     samples = {p: [] for p in precisions}
@@ -275,7 +275,7 @@ def measure_pipeline(shards_dir, preset, batch_size, steps, rounds,
     from mtct_tf.data import pipeline
 
     trainer = build_trainer(preset, precision)
-    size = trainer.street.image_size
+    size = trainer.net.image_size
     files = pipeline.shard_files(shards_dir, "train")
 
     def records(image_size=size):
@@ -345,7 +345,7 @@ def measure_serving(data_dir, export_dir, preset, batch_size, rounds,
     from mtct_tf import export_lib
     from mtct_tf.data import pipeline
 
-    net = build_trainer(preset, precision).street
+    net = build_trainer(preset, precision).net
     size = net.image_size
     t = Clock()
     version = export_lib.export_saved_model(net, _schema(), export_dir)
@@ -470,7 +470,7 @@ def measure_accuracy(shards_dir, preset, steps, batch_size,
         for precision in precisions:
             trainer = build_trainer(preset, precision, seed=seed,
                                     learning_rate=2e-3)
-            size = trainer.street.image_size
+            size = trainer.net.image_size
             train = pipeline.make_dataset(
                 shards_dir, _schema(), split="train", image_size=size,
                 batch_size=batch_size, training=True, seed=seed)
