@@ -2,12 +2,14 @@
 
 Commands (one library module each; this file only dispatches):
     speed      how close training, input and serving come to the machine's
-               limits; writes docs/BENCHMARKS.md (``mtct_tf.speed``).
+               limits; writes docs/BENCHMARKS.md
+               (``mtct_tf.benchmarks.speed``).
     ablation   MTCT vs its baselines and loss variants on X-Domain-synth,
-               over seeds; writes docs/RESULTS.md (``mtct_tf.ablation``).
+               over seeds; writes docs/RESULTS.md
+               (``mtct_tf.benchmarks.ablation``).
     retrieval  ScaNN vs exact nearest-neighbour search: recall, queries/s;
                writes docs/BENCHMARKS_RETRIEVAL.md
-               (``mtct_tf.retrieval_speed``).
+               (``mtct_tf.benchmarks.retrieval``).
 
 Examples:
     python -m mtct_tf.benchmark speed
@@ -25,11 +27,11 @@ import sys
 # code). Modules are imported when the parser is built, so they must not
 # import TensorFlow at module level.
 COMMANDS = {
-    "speed": ("mtct_tf.speed",
+    "speed": ("mtct_tf.benchmarks.speed",
               "training / input / serving speed vs the machine's peak"),
-    "ablation": ("mtct_tf.ablation",
+    "ablation": ("mtct_tf.benchmarks.ablation",
                  "MTCT vs No-Adapt, UD, FTT, end-to-end and loss variants"),
-    "retrieval": ("mtct_tf.retrieval_speed",
+    "retrieval": ("mtct_tf.benchmarks.retrieval",
                   "ScaNN vs exact street-to-shop search: recall, queries/s"),
 }
 

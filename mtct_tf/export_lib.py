@@ -54,6 +54,7 @@ import keras
 import tensorflow as tf
 
 from mtct_tf import attributes as attributes_lib
+from mtct_tf import detector as detector_lib
 from mtct_tf import fileio, runs
 from mtct_tf.data import pipeline
 from mtct_tf.data.features import GARMENT_CLASS
@@ -65,10 +66,6 @@ EXTRA_DIR = "assets.extra"
 # TF Serving replays these requests when it loads a version.
 WARMUP_FILE = "tf_serving_warmup_requests"
 META_FILE = "mtct_export.json"
-# Detector outputs (Model Garden's DetectionModule names).
-DETECTOR_SIGNATURES = ("image_tensor", "serving_default")
-DETECTOR_OUTPUTS = ("detection_boxes", "detection_scores",
-                    "detection_classes", "num_detections", "image_info")
 DEFAULT_MIN_SCORE = 0.5
 
 
@@ -82,91 +79,6 @@ def output_keys(schema, *, with_detector=False):
     if with_detector:
         keys += ["box", "box_pixels", "box_score", "detected"]
     return keys
-
-
-def load_detector(detector):
-    """Loads a detector SavedModel (or its export dir with ``saved_model/``).
-
-    Returns:
-        ``(loaded object, signature function, input name, input dtype)``.
-
-    Raises:
-        FileNotFoundError: no SavedModel at the path.
-        ValueError: no ``image_tensor`` / ``serving_default`` signature with
-            one image input and the Model Garden outputs.
-    """
-    path = os.fspath(detector)
-    sub = os.path.join(path, "saved_model")
-    if os.path.isfile(os.path.join(sub, "saved_model.pb")):
-        path = sub
-    if not os.path.isfile(os.path.join(path, "saved_model.pb")):
-        raise FileNotFoundError(
-            f"{detector}: no saved_model.pb (expected the export directory "
-            "of `python -m mtct_tf.detect export` or its saved_model/)"
-        )
-    loaded = tf.saved_model.load(path)
-    for key in DETECTOR_SIGNATURES:
-        if key in loaded.signatures:
-            fn = loaded.signatures[key]
-            break
-    else:
-        raise ValueError(
-            f"{detector}: the detector needs one of the signatures "
-            f"{DETECTOR_SIGNATURES}. Received: {sorted(loaded.signatures)}"
-        )
-    inputs = fn.structured_input_signature[1]
-    missing = [k for k in DETECTOR_OUTPUTS if k not in fn.structured_outputs]
-    if len(inputs) != 1 or missing:
-        raise ValueError(
-            f"{detector}: expected one image input and the outputs "
-            f"{DETECTOR_OUTPUTS}. Received: inputs={sorted(inputs)}, "
-            f"outputs={sorted(fn.structured_outputs)}"
-        )
-    (name, spec), = inputs.items()
-    return loaded, fn, name, spec.dtype
-
-
-def choose_box(detections, height, width, *, min_score, class_id):
-    """Picks one image's garment box from Model Garden detector outputs.
-
-    The graph twin of ``mtct_tf.detector.choose_box`` + ``rescale_boxes``:
-    the highest-scoring detection of ``class_id`` (``None``: any) with score
-    >= ``min_score`` and finite coordinates, mapped from the detector's
-    resized input back to the photo as ``(box + offset) / scale`` with
-    ``image_info = [[h, w], [scaled h, w], [y_scale, x_scale], [y_offset,
-    x_offset]]``, clipped to the photo. Without one: the whole photo.
-
-    Args:
-        detections: the detector's output dict for a batch of one.
-        height, width: the photo's size (scalar tensors).
-        min_score, class_id: Python numbers (or ``None`` for ``class_id``).
-
-    Returns:
-        ``(box normalised [4], box in pixels [4], score, detected)``.
-    """
-    boxes = tf.cast(detections["detection_boxes"][0], tf.float32)
-    scores = tf.cast(detections["detection_scores"][0], tf.float32)
-    classes = tf.cast(detections["detection_classes"][0], tf.float32)
-    num = tf.cast(tf.reshape(detections["num_detections"], [-1])[0], tf.int32)
-    info = tf.cast(detections["image_info"][0], tf.float32)
-    h, w = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
-    size = tf.stack([h, w, h, w])
-    pixels = (boxes + tf.tile(info[3], [2])) / tf.tile(info[2], [2])
-    pixels = tf.clip_by_value(pixels, 0.0, size)
-    ok = tf.range(tf.shape(scores)[0]) < num
-    ok &= scores >= min_score
-    ok &= tf.reduce_all(tf.math.is_finite(boxes), axis=-1)
-    if class_id is not None:
-        ok &= tf.equal(tf.round(classes), float(class_id))
-    # A sentinel row keeps argmax and gather valid with zero detections.
-    masked = tf.concat([tf.where(ok, scores, -float("inf")),
-                        [-float("inf")]], 0)
-    pixels = tf.concat([pixels, [tf.zeros([4])]], 0)
-    k = tf.argmax(masked, output_type=tf.int32)
-    detected = tf.reduce_any(ok)
-    box_pixels = tf.where(detected, pixels[k], size * [0.0, 0.0, 1.0, 1.0])
-    score = tf.where(detected, masked[k], 0.0)
-    return box_pixels / size, box_pixels, score, detected
 
 
 def captured_variables(functions):
@@ -216,7 +128,7 @@ class ServingModule(tf.Module):
         self.with_detector = detector is not None
         if self.with_detector:
             (self.detector, self._detect, self._detector_input,
-             self._detector_dtype) = load_detector(detector)
+             self._detector_dtype) = detector_lib.load_detector(detector)
         self.serve_images = tf.function(
             self._serve_images,
             input_signature=[tf.TensorSpec([None], tf.string, name=INPUT)])
@@ -279,7 +191,7 @@ class ServingModule(tf.Module):
         detections = self._detect(**{
             self._detector_input:
                 tf.cast(image, self._detector_dtype)[tf.newaxis]})
-        box, pixels, score, detected = choose_box(
+        box, pixels, score, detected = detector_lib.choose_box_in_graph(
             detections, shape[0], shape[1], min_score=self._min_score,
             class_id=self._class_id)
         crop = pipeline.crop_and_resize(image, box, self._size, self._margin)

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from mtct_tf import ablation
+from mtct_tf.benchmarks import ablation
 
 NAMES = ("colour", "sleeve")
 

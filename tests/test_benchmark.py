@@ -13,7 +13,9 @@ import tensorflow as tf
 
 from mtct_tf import benchmark
 from mtct_tf import model as model_lib
-from mtct_tf import speed
+from mtct_tf.benchmarks import measurement
+from mtct_tf.benchmarks import report as report_lib
+from mtct_tf.benchmarks import speed, summary
 
 SECTIONS = ("## Machine", "## Targets", "## 1. Matrix-multiply peak",
             "## 2. Training step", "## 3. Input pipeline", "## 4. Serving",
@@ -99,7 +101,7 @@ def _fake_results():
 
 
 def test_summary_arithmetic_and_report():
-    results = speed.summarize(_fake_results())
+    results = summary.summarize(_fake_results())
     s = results["training"][0]["summary"]
     # Best float32 step: 8 images in 1 s; 15 GFLOP each -> 120 GFLOP/s over
     # the best float32 matmul of the run (100, the peak section's).
@@ -118,7 +120,7 @@ def test_summary_arithmetic_and_report():
     assert p["memory_images_per_second"] > p["tfrecord_images_per_second"]
     v = results["serving"][0]["summary"]
     assert v["throughput_ratio"] == pytest.approx(0.5)
-    rows = {r["key"]: r for r in speed.target_rows(results)}
+    rows = {r["key"]: r for r in report_lib.target_rows(results)}
     assert rows["utilisation"]["value"] == pytest.approx(1.125)
     assert rows["bf16_accuracy"]["value"] == pytest.approx(-0.01)
     assert "moves by 0.040 between seeds 0, 1" in rows["bf16_accuracy"][
@@ -139,7 +141,7 @@ def test_summary_arithmetic_and_report():
     assert v["expected_ratio"] == pytest.approx(25 / 45)
     assert "estimate K / (K + D) = 0.556" in rows["serving"]["bound"]
 
-    report = speed.render_report(results)
+    report = report_lib.render_report(results)
     for section in SECTIONS:
         assert section in report
     assert "not met (-0.450)" in report  # Serving: 0.5 vs 0.95.
@@ -152,7 +154,7 @@ def test_summary_arithmetic_and_report():
     for flags, says in ((["avx512_bf16"], "AVX512_BF16 but no AMX"),
                         (["avx512_bf16", "amx_bf16"], "has AMX-BF16")):
         results["machine"]["flags"] = flags
-        assert says in speed.render_report(results)
+        assert says in report_lib.render_report(results)
 
 
 def test_cli_dispatches_speed_subcommand(monkeypatch):
@@ -225,7 +227,7 @@ def test_quick_speed_run_writes_a_consistent_report(tmp_path):
     for run in results["training"]:
         s = run["summary"]
         assert run["train"] == 3 * run["forward"] > 0
-        for precision in speed.PRECISIONS:
+        for precision in measurement.PRECISIONS:
             r = s[precision]
             assert r["images_per_second"] > 0
             assert r["utilisation_best"] == pytest.approx(
@@ -250,6 +252,6 @@ def test_quick_speed_run_writes_a_consistent_report(tmp_path):
         assert results[name]["images_per_second"] > 0
         assert results[name]["peak_rss_mb"] > 0
     acc = results["accuracy"]
-    for precision in speed.PRECISIONS:
+    for precision in measurement.PRECISIONS:
         assert 0 <= acc[precision]["val_mean_acc"] <= 1
         assert math.isfinite(acc[precision]["val_ce"])

@@ -1,4 +1,4 @@
-"""Tests of the garment detector (mtct_tf/detector.py, mtct_tf/detect.py).
+"""Tests of the garment detector (mtct_tf/detector/, mtct_tf/detect.py).
 
 Fast tests check the pure box maths against Model Garden's own resizing, the
 detection records against Model Garden's decoder, the presets, and the

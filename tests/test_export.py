@@ -21,7 +21,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from mtct_tf import attributes, export_lib
+from mtct_tf import attributes, detector, export_lib
 from mtct_tf import model as model_lib
 from mtct_tf.data import pipeline
 
@@ -576,7 +576,7 @@ def test_choose_box_against_numpy():
            "num_detections": np.array([4], np.int32), "image_info": info}
 
     def choose(**kw):
-        return [np.asarray(t) for t in export_lib.choose_box(
+        return [np.asarray(t) for t in detector.choose_box_in_graph(
             det, tf.constant(100), tf.constant(80), **kw)]
 
     # Index 3 has NaN, 4 is past num_detections, 1 is class 2: index 0.
@@ -598,8 +598,8 @@ def test_choose_box_against_numpy():
     empty = {k: v[:, :0] if k != "num_detections" and k != "image_info"
              else v for k, v in det.items()}
     empty["num_detections"] = np.array([0], np.int32)
-    out = export_lib.choose_box(empty, tf.constant(100), tf.constant(80),
-                                min_score=0.5, class_id=1)
+    out = detector.choose_box_in_graph(
+        empty, tf.constant(100), tf.constant(80), min_score=0.5, class_id=1)
     assert not bool(out[3])
 
 

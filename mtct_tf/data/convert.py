@@ -20,6 +20,10 @@ every split is written, and writes ``summary.json`` last. So an interrupted
 conversion leaves either no finished-looking shard at all or (killed while
 renaming) leftover temporaries that ``mtct_tf.data.pipeline.shard_files``
 refuses; rerunning completes it.
+
+One module, in the order a record goes through it (the tf.Example format,
+the image checks that run in the workers, the conversion that drives them):
+the three are one offline command and change together when the format does.
 """
 
 import collections

@@ -37,6 +37,10 @@ Errors name the file and line and say what was expected
 (``MissingFilesError``). Images listed in one file but absent from another,
 or missing on disk, are errors too unless ``skip_bad``, which drops them and
 lists them in the report.
+
+Both benchmarks stay in one module because they are one file format family:
+its list-file reader, value codes, image lookup and manifest writer serve
+both (``data/deepfashion2.py`` reuses the writer and the file check).
 """
 
 import collections

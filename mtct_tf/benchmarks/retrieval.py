@@ -91,7 +91,7 @@ def render(rows, command, seconds):
         pass
     lines = [
         "# Retrieval benchmark", "",
-        f"Written by `{command}` (`mtct_tf/retrieval_speed.py`) in "
+        f"Written by `{command}` (`mtct_tf/benchmarks/retrieval.py`) in "
         f"{seconds:.0f} s on {cpu} ({os.cpu_count()} logical CPUs), load "
         f"average at the end {os.getloadavg()[0]:.1f}. Synthetic clustered "
         "embeddings (see the module docstring); queries run in batches of "
