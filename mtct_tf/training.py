@@ -23,6 +23,7 @@ import math
 import os
 import shutil
 import time
+import sys
 import warnings
 
 import keras
@@ -32,6 +33,7 @@ from mtct_tf import attributes as attributes_lib
 from mtct_tf import configs as configs_lib
 from mtct_tf import distribute
 from mtct_tf import model as model_lib
+from mtct_tf import progress
 from mtct_tf import transfer
 from mtct_tf.data import features
 from mtct_tf.data import pipeline
@@ -205,10 +207,18 @@ class CompactProgbar(keras.callbacks.ProgbarLogger):
     """Keras' progress bar showing the losses and the mean accuracy only.
 
     The per-attribute losses and accuracies still reach history.csv and
-    TensorBoard; on one line they would be unreadable.
+    TensorBoard; on one line they would be unreadable. With ``verbose="auto"``
+    and an output that is not a terminal (a log file, a pipe), it writes one
+    line per epoch: Keras' redrawn bar would write a line per batch there.
     """
 
     SHOWN = ("loss", "ce", "cross_domain")
+
+    def set_params(self, params):
+        super().set_params(params)
+        if params.get("verbose") == "auto" and not progress.is_terminal(
+                sys.stdout):
+            self.verbose = 2
 
     def _compact(self, logs):
         logs = logs or {}
