@@ -81,7 +81,7 @@ demo: $(STAMP)
 	    --model $(DEMO)/serving/mtct --top_k 3 --out $(DEMO)/annotated.png \
 	    && $(call lap,predict)
 	@echo "demo done: see $(DEMO)/ (eval/, annotated.png, serving/)"
-	@echo "wall time per step ($(TIMES); 0 s = done by an earlier run):"
+	@echo "wall time per step ($(TIMES); done earlier: 0 s or no line):"
 	@awk -F '\t' 'NR > 1 { printf "  %-22s %5d s\n", $$1, $$2; n += $$2 } \
 	    END { printf "  %-22s %5d s (%d min %02d s)\n", "total", n, \
 	    n / 60, n % 60 }' $(TIMES)

@@ -85,9 +85,9 @@ def detector_config(preset="small", *, records=None, eval_split="val",
     * ``demo``: ``small`` cut to the 128 px photos of X-Domain-synth (garments
       of 30-90 px): ResNet-10, FPN levels 3-5 with anchors of 32, 64 and 128
       px, 128 px input, 500 -> 128 train / 300 -> 50 test proposals, 700
-      steps. It reached AP50 0.955 / AP 0.471 on the demo's test split at
-      about 1.6 times the steps/s of ``small`` at 128 px and 9 times that
-      of ``small`` at 256 px (docs/DETECTOR.md).
+      steps. On the demo's test split it reached AP50 0.955-0.972 / AP
+      0.47-0.50, at about a sixth of the CPU time per step of ``small``
+      at 256 px (docs/DETECTOR.md).
     * ``paper``: ResNet-50 FPN with Model Garden's COCO heads, 640 px input
       (range 640-1024; COCO uses 1024), batch 64, SGD lr 0.12, 22500 steps.
 
@@ -178,10 +178,10 @@ def detector_config(preset="small", *, records=None, eval_split="val",
         # with the scale jitter): anchors of 32, 64 and 128 px on levels
         # 3-5 cover them; level 2 (a 32 x 32 map) and level 6 (2 x 2, 256
         # px anchors) only cost time. 128 px is the photos' own size: more
-        # pixels carry no information. At this size ResNet-10 reaches the
-        # AP50 of ResNet-18 a little lower (0.955 vs 0.965 at 700 steps)
-        # at about 1.6 times its steps/s. About 1,000 anchors per image, so
-        # 500 pre-NMS proposals keep the likely half.
+        # pixels carry no information. At this size ResNet-10 reached about
+        # the AP50 of ResNet-18 (0.955 vs 0.965 at 700 steps) at about 1.4
+        # times its steps/s. About 1,000 anchors per image, so 500 pre-NMS
+        # proposals keep the likely half.
         model.backbone.resnet.model_id = 10
         model.min_level, model.max_level = 3, max_level
         model.anchor.anchor_size = 4.0
