@@ -28,50 +28,73 @@ test-large: $(STAMP)
 
 # The whole pipeline on X-Domain-synth, each step a command users run too.
 # Every step skips work already done, so an interrupted demo resumes.
-DET_STEPS ?= 600
+# Each step's wall time goes to $(TIMES) ($(call lap,NAME) after a step; t
+# is set at the start of the step's line) and is printed as a table at the
+# end.
+DET_STEPS ?= 700
+TIMES := $(DEMO)/timings.tsv
+lap = printf '%s\t%s\n' '$(1)' $$(($$(date +%s) - t)) >> $(TIMES)
 demo: $(STAMP)
+	@mkdir -p $(DEMO) && printf 'step\tseconds\n' > $(TIMES)
 	@echo "== 1/7 render X-Domain-synth and convert it to TFRecords"
-	test -f $(DEMO)/data/manifest.jsonl || $(PY) datasets/make_synthetic.py \
+	t=$$(date +%s); { test -f $(DEMO)/data/manifest.jsonl || \
+	    $(PY) datasets/make_synthetic.py \
 	    --out $(DEMO)/data --items 600 --seed 0 --quiet \
-	    --contact_sheet $(DEMO)/contact_sheet.png
-	test -f $(DEMO)/shards/summary.json || $(PY) datasets/convert_manifest.py \
-	    --manifest $(DEMO)/data/manifest.jsonl --out $(DEMO)/shards
+	    --contact_sheet $(DEMO)/contact_sheet.png; } && $(call lap,render)
+	t=$$(date +%s); { test -f $(DEMO)/shards/summary.json || \
+	    $(PY) datasets/convert_manifest.py \
+	    --manifest $(DEMO)/data/manifest.jsonl --out $(DEMO)/shards; } && \
+	    $(call lap,convert)
 	@echo "== 2/7 train the garment detector (Model Garden Faster R-CNN)"
-	test -f $(DEMO)/det_records/detection_records.json || \
+	t=$$(date +%s); { test -f $(DEMO)/det_records/detection_records.json || \
 	    $(PY) datasets/make_detection_records.py --domain street \
-	    --manifest $(DEMO)/data/manifest.jsonl --out $(DEMO)/det_records
-	test -d $(DEMO)/detector/export || { \
-	    $(PY) -m mtct_tf.detect train --preset small \
+	    --manifest $(DEMO)/data/manifest.jsonl --out $(DEMO)/det_records; } \
+	    && $(call lap,detector records)
+	t=$$(date +%s); test -d $(DEMO)/detector/export || { \
+	    $(PY) -m mtct_tf.detect train --preset demo \
 	        --records $(DEMO)/det_records --model_dir $(DEMO)/detector \
-	        --steps $(DET_STEPS) && \
+	        --steps $(DET_STEPS) --no_eval && \
+	    $(call lap,detector train) && t=$$(date +%s) && \
 	    $(PY) -m mtct_tf.detect evaluate --records $(DEMO)/det_records \
 	        --model_dir $(DEMO)/detector --eval_split test && \
-	    $(PY) -m mtct_tf.detect export --model_dir $(DEMO)/detector; }
+	    $(call lap,detector test) && t=$$(date +%s) && \
+	    $(PY) -m mtct_tf.detect export --model_dir $(DEMO)/detector && \
+	    $(call lap,detector export); }
 	@echo "== 3/7 crop the street photos with the detector"
-	test -f $(DEMO)/crops/summary.json || $(PY) datasets/crop_with_detector.py \
+	t=$$(date +%s); { test -f $(DEMO)/crops/summary.json || \
+	    $(PY) datasets/crop_with_detector.py \
 	    --detector $(DEMO)/detector/export --source $(DEMO)/shards \
-	    --out $(DEMO)/crops
+	    --out $(DEMO)/crops; } && $(call lap,crop)
 	@echo "== 4/7 stage 1 (shop) and stage 2 (street, t-STE) on detector crops"
-	$(PY) -m mtct_tf.train --experiment demo --model_dir $(DEMO)/mtct \
+	t=$$(date +%s); $(PY) -m mtct_tf.train --experiment demo \
+	    --model_dir $(DEMO)/mtct \
 	    --stage all --override data.shards_dir=$(DEMO)/shards \
-	    --override data.street_shards_dir=$(DEMO)/crops
+	    --override data.street_shards_dir=$(DEMO)/crops && \
+	    $(call lap,shop + street stages)
 	@echo "== 5/7 shop test: the shop stage on its own domain"
-	$(PY) -m mtct_tf.evaluate --model_dir $(DEMO)/mtct --stage shop \
-	    --domain shop
+	t=$$(date +%s); $(PY) -m mtct_tf.evaluate --model_dir $(DEMO)/mtct \
+	    --stage shop --domain shop && $(call lap,shop test)
 	@echo "== 6/7 street test: No-Adapt (shop model) vs MTCT (street model)"
-	$(PY) -m mtct_tf.evaluate --model_dir $(DEMO)/mtct --stage shop \
-	    --stage street --domain street
+	t=$$(date +%s); $(PY) -m mtct_tf.evaluate --model_dir $(DEMO)/mtct \
+	    --stage shop --stage street --domain street && \
+	    $(call lap,street test)
 	@echo "== street test of the MTCT model: annotated boxes vs detector crops vs whole photos"
-	$(PY) -m mtct_tf.evaluate --model_dir $(DEMO)/mtct --domain street \
-	    --box_source gt --box_source detector --box_source none
+	t=$$(date +%s); $(PY) -m mtct_tf.evaluate --model_dir $(DEMO)/mtct \
+	    --domain street --box_source gt --box_source detector \
+	    --box_source none && $(call lap,box sources)
 	@echo "== 7/7 export for TF Serving and Keras, predict a street photo"
-	$(PY) export/export_saved_model.py --model $(DEMO)/mtct \
+	t=$$(date +%s); $(PY) export/export_saved_model.py --model $(DEMO)/mtct \
 	    --export_dir $(DEMO)/serving --keras_out $(DEMO)/mtct.keras \
-	    --with_detector $(DEMO)/detector/export
-	$(PY) -m mtct_tf.predict \
+	    --with_detector $(DEMO)/detector/export && $(call lap,export)
+	t=$$(date +%s); $(PY) -m mtct_tf.predict \
 	    $$(ls $(DEMO)/data/images/street/*.jpg | head -1) \
-	    --model $(DEMO)/serving/mtct --top_k 3 --out $(DEMO)/annotated.png
+	    --model $(DEMO)/serving/mtct --top_k 3 --out $(DEMO)/annotated.png \
+	    && $(call lap,predict)
 	@echo "demo done: see $(DEMO)/ (eval/, annotated.png, serving/)"
+	@echo "wall time per step ($(TIMES); done earlier: 0 s or no line):"
+	@awk -F '\t' 'NR > 1 { printf "  %-22s %5d s\n", $$1, $$2; n += $$2 } \
+	    END { printf "  %-22s %5d s (%d min %02d s)\n", "total", n, \
+	    n / 60, n % 60 }' $(TIMES)
 
 clean:
 	rm -rf runs .pytest_cache

@@ -9,10 +9,11 @@
 import json
 import math
 import os
+import sys
 
 import keras
 
-from mtct_tf import fileio
+from mtct_tf import fileio, progress
 
 
 class Backup(keras.callbacks.BackupAndRestore):
@@ -91,10 +92,18 @@ class CompactProgbar(keras.callbacks.ProgbarLogger):
     """Keras' progress bar showing the losses and the mean accuracy only.
 
     The per-attribute losses and accuracies still reach history.csv and
-    TensorBoard; on one line they would be unreadable.
+    TensorBoard; on one line they would be unreadable. With ``verbose="auto"``
+    and an output that is not a terminal (a log file, a pipe), it writes one
+    line per epoch: Keras' redrawn bar would write a line per batch there.
     """
 
     SHOWN = ("loss", "ce", "cross_domain")
+
+    def set_params(self, params):
+        super().set_params(params)
+        if params.get("verbose") == "auto" and not progress.is_terminal(
+                sys.stdout):
+            self.verbose = 2
 
     def _compact(self, logs):
         logs = logs or {}

@@ -310,6 +310,21 @@ def test_config_presets():
     assert paper.task.init_checkpoint_modules == "backbone"
     assert paper.task.validation_data.input_path == "/r/test-*-of-*.tfrecord"
 
+    demo = detector.detector_config("demo", records="/r")
+    m = demo.task.model
+    assert m.input_size == [128, 128, 3] and m.backbone.resnet.model_id == 10
+    assert (m.min_level, m.max_level, m.anchor.anchor_size) == (3, 5, 4.0)
+    assert m.detection_head.num_convs == 0 and m.detection_head.fc_dims == 256
+    assert m.roi_generator.num_proposals == 128
+    assert m.roi_generator.test_num_proposals == 50
+    assert demo.trainer.train_steps == 700
+    assert demo.task.train_data.global_batch_size == 8
+    # Levels 3-5 need a multiple of 32 only.
+    assert detector.detector_config(
+        "demo", input_size=160).task.model.input_size == [160, 160, 3]
+    with pytest.raises(ValueError, match="multiple of 32"):
+        detector.detector_config("demo", input_size=144)
+
     over = detector.detector_config(
         "small", params_override={"task": {"model": {"min_level": 3}}})
     assert over.task.model.min_level == 3

@@ -449,7 +449,8 @@ def convert_manifest(manifest_path, out_dir, *, schema=None, num_shards=None,
     # Imported here, not at the top: worker processes import this module
     # and must not load TensorFlow. Not counted in the timing.
     import tensorflow as tf
-    from tqdm import tqdm
+
+    from mtct_tf import progress as progress_lib
 
     start = time.time()
     schema = _resolve_schema(schema, manifest_path)
@@ -500,8 +501,8 @@ def convert_manifest(manifest_path, out_dir, *, schema=None, num_shards=None,
             results = pool.imap(_load_chunk, tasks)
         else:
             results = map(_load_chunk, tasks)
-        bar = tqdm(total=len(entries), unit="img", desc="convert",
-                   disable=not progress)
+        bar = progress_lib.bar(total=len(entries), unit="img",
+                               desc="convert", disable=not progress)
         with bar:
             for split, index, count, chunks in plan:
                 s = splits.setdefault(split, _new_split_summary(schema))

@@ -570,7 +570,7 @@ def render_dataset(out_dir, *, items, seed=0, image_size=128, shop_per_item=1,
             f"image_size={image_size}, workers={workers}, seed={seed}, "
             f"shop_per_item={shop_per_item}, street_per_item="
             f"{street_per_item}, missing_rate={missing_rate}")
-    from tqdm import tqdm  # Only the dataset writer needs it.
+    from mtct_tf import progress as progress_lib
 
     has_street = street_items_of(items, seed, street_items)
     if street_items is None:
@@ -596,8 +596,8 @@ def render_dataset(out_dir, *, items, seed=0, image_size=128, shop_per_item=1,
     # "spawn": forking a process that already runs TensorFlow can deadlock.
     pool = (multiprocessing.get_context("spawn").Pool(workers)
             if workers > 1 else contextlib.nullcontext())
-    with pool, tqdm(total=total, unit="img", file=sys.stderr,
-                    disable=not progress) as bar:
+    with pool, progress_lib.bar(total=total, unit="img", file=sys.stderr,
+                                disable=not progress) as bar:
         jobs = zip(range(items), splits, has_street.tolist())
         for recs in (pool.imap(work, jobs, chunksize=8) if workers > 1
                      else map(work, jobs)):

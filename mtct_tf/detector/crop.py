@@ -326,7 +326,8 @@ def crop_with_detector(detector_savedmodel, source, out_dir, *, min_score=0.5,
         A ``CropStats``.
     """
     import tensorflow as tf
-    from tqdm import tqdm
+
+    from mtct_tf import progress as progress_lib
 
     if not 0.0 <= margin < 1.0 or batch_size < 1:
         raise ValueError(
@@ -336,8 +337,8 @@ def crop_with_detector(detector_savedmodel, source, out_dir, *, min_score=0.5,
               else _Detector(detector_savedmodel))
     records, schema, total = _read_source(source, schema)
     stats, by_split, ious, pending = CropStats(), {}, [], []
-    bar = tqdm(total=total, disable=not progress, unit="img", desc="crop",
-               mininterval=1.0)
+    bar = progress_lib.bar(total=total, disable=not progress, unit="img",
+                           desc="crop", mininterval=1.0)
 
     def keep(split, ex, raw=None):
         # Records that pass through keep their bytes (re-serialising a proto
@@ -377,8 +378,11 @@ def crop_with_detector(detector_savedmodel, source, out_dir, *, min_score=0.5,
                                       how, score))
         stats.seconds = time.time() - start
         bar.update(len(pending))
+        # Shown at the bar's next redraw: redrawing now, once per batch,
+        # would write a line per batch into a log.
         bar.set_postfix(img_s=f"{stats.images_per_second:.1f}",
-                        fallbacks=stats.ground_truth + stats.whole_image)
+                        fallbacks=stats.ground_truth + stats.whole_image,
+                        refresh=False)
         pending.clear()
 
     start = time.time()
