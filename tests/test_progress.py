@@ -40,19 +40,19 @@ def test_terminal_redraws_one_line():
 
 
 def test_keras_bar_writes_a_line_per_epoch_in_a_log(monkeypatch):
-    from mtct_tf import training
+    from mtct_tf import callbacks
 
     params = {"verbose": "auto", "epochs": 2, "steps": 5}
     monkeypatch.setattr("sys.stdout", io.StringIO())
-    logged = training.CompactProgbar()
+    logged = callbacks.CompactProgbar()
     logged.set_params(params)
     assert logged.verbose == 2
     monkeypatch.setattr("sys.stdout", _Terminal())
-    shown = training.CompactProgbar()
+    shown = callbacks.CompactProgbar()
     shown.set_params(params)
     assert shown.verbose == 1
     # An explicit verbosity is kept.
     monkeypatch.setattr("sys.stdout", io.StringIO())
-    chosen = training.CompactProgbar()
+    chosen = callbacks.CompactProgbar()
     chosen.set_params(dict(params, verbose=1))
     assert chosen.verbose == 1
