@@ -8,6 +8,7 @@ every input the converter must handle: RGB JPEG and PNG (kept as they are),
 greyscale and CMYK JPEG, RGBA and palette PNG (re-encoded to RGB JPEG).
 """
 
+import csv
 import dataclasses
 import json
 import os
@@ -171,3 +172,23 @@ def tiny_shards(tmp_path_factory):
     summary = convert.convert_manifest(dataset.manifest, out, num_shards=2,
                                        workers=1, progress=False)
     return dataset, out, summary
+
+
+def history_epochs(stage_dir):
+    """The epoch column of a stage's history.csv ([] before it exists)."""
+    path = os.path.join(stage_dir, "history.csv")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [int(row["epoch"]) for row in csv.DictReader(f)]
+
+
+def backup_state(stage_dir):
+    """(epoch, batch) of a stage's backup metadata, or None."""
+    try:
+        with open(os.path.join(stage_dir, "backup",
+                               "training_metadata.json")) as f:
+            meta = json.load(f)
+        return meta["epoch"], meta["batch"]
+    except (OSError, ValueError, KeyError):
+        return None

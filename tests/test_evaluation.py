@@ -2,7 +2,6 @@
 
 import os
 
-import numpy as np
 import pytest
 
 from mtct_tf import configs, evaluate, evaluation, metrics, runs, training

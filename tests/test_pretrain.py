@@ -6,7 +6,6 @@ random JPEGs; ``download_and_prepare`` becomes a no-op, so the manual
 directory is never read. Every split of a mock serves the same examples.
 """
 
-import csv
 import json
 import os
 import random
@@ -25,6 +24,8 @@ import tensorflow_datasets as tfds
 
 from mtct_tf import configs, pretrain, stages, training
 from mtct_tf import model as model_lib
+
+from conftest import backup_state, history_epochs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 S = 32
@@ -328,24 +329,6 @@ def _stage0_command(model_dir):
             *(f"{k}={v}" for k, v in overrides.items())]
 
 
-def _history_epochs(folder):
-    path = os.path.join(folder, "history.csv")
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [int(row["epoch"]) for row in csv.DictReader(f)]
-
-
-def _backup_state(folder):
-    try:
-        with open(os.path.join(folder, "backup",
-                               "training_metadata.json")) as f:
-            meta = json.load(f)
-        return meta["epoch"], meta["batch"]
-    except (OSError, ValueError, KeyError):
-        return None
-
-
 def test_stage0_killed_mid_epoch_resumes_from_its_backup(tmp_path):
     """SIGKILL at a random step of stage 0's second epoch: the rerun
     resumes in that epoch (epoch 0 is not trained again), through the same
@@ -362,7 +345,7 @@ def test_stage0_killed_mid_epoch_resumes_from_its_backup(tmp_path):
     deadline = time.time() + 300
     try:
         while proc.poll() is None and time.time() < deadline:
-            state = _backup_state(folder)
+            state = backup_state(folder)
             if state is not None and state >= (1, target):
                 time.sleep(delay)
                 os.kill(proc.pid, signal.SIGKILL)
@@ -376,14 +359,14 @@ def test_stage0_killed_mid_epoch_resumes_from_its_backup(tmp_path):
     where = (target, round(delay, 3))
     assert proc.returncode == -signal.SIGKILL, (where, out[-3000:])
     assert not os.path.exists(os.path.join(folder, "done.json"))
-    assert _history_epochs(folder) == [0], where
+    assert history_epochs(folder) == [0], where
 
     again = subprocess.run(_stage0_command(model_dir), env=env,
                            capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-3000:]
     assert "Traceback" not in again.stderr, again.stderr[-3000:]
     # Resumed in epoch 1, not started again from epoch 0.
-    assert _history_epochs(folder) == [0, 1], where
+    assert history_epochs(folder) == [0, 1], where
     with open(os.path.join(folder, "done.json")) as f:
         info = json.load(f)
     assert info["steps"] == _KILL_EPOCHS * _KILL_STEPS

@@ -15,7 +15,6 @@ test_predict.py already check are not repeated here (the table names
 them).
 """
 
-import csv
 import io
 import json
 import os
@@ -32,7 +31,8 @@ import zlib
 import keras
 import numpy as np
 import pytest
-from conftest import TINY_SCHEMA, build_tiny_dataset, write_manifest
+from conftest import (TINY_SCHEMA, backup_state, build_tiny_dataset,
+                      history_epochs, write_manifest)
 from PIL import Image
 
 from mtct_tf import attributes, callbacks, export_lib, fileio, runs, training
@@ -84,26 +84,6 @@ def _train_command(model_dir, shards_dir, *extra):
     return command
 
 
-def _epochs(stage_dir):
-    """The epoch column of a stage's history.csv."""
-    path = os.path.join(stage_dir, "history.csv")
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [int(row["epoch"]) for row in csv.DictReader(f)]
-
-
-def _backup_state(stage_dir):
-    """(epoch, batch) of the stage's backup metadata, or None."""
-    try:
-        with open(os.path.join(stage_dir, "backup",
-                               "training_metadata.json")) as f:
-            meta = json.load(f)
-        return meta["epoch"], meta["batch"]
-    except (OSError, ValueError, KeyError):
-        return None
-
-
 def _run_and_kill(model_dir, shards_dir, stage, rng, timeout=300):
     """Runs the training command and SIGKILLs it at a random step of
     ``stage``'s second epoch.
@@ -124,7 +104,7 @@ def _run_and_kill(model_dir, shards_dir, stage, rng, timeout=300):
     deadline = time.time() + timeout
     try:
         while proc.poll() is None and time.time() < deadline:
-            state = _backup_state(folder)
+            state = backup_state(folder)
             if state is not None and state >= (1, target):
                 time.sleep(delay)
                 os.kill(proc.pid, signal.SIGKILL)
@@ -157,7 +137,7 @@ def test_training_killed_in_each_stage_resumes_and_matches(shards, tmp_path):
         code, out, where = _run_and_kill(dir_, shards, "shop", rng)
         assert code == -signal.SIGKILL, (where, out[-3000:])
         assert not os.path.exists(os.path.join(dir_, "shop", "done.json"))
-        assert _epochs(os.path.join(dir_, "shop")) == [0], where
+        assert history_epochs(os.path.join(dir_, "shop")) == [0], where
 
         # Rerun: resumes the shop stage in epoch 1, then is killed in the
         # street stage.
@@ -165,16 +145,16 @@ def test_training_killed_in_each_stage_resumes_and_matches(shards, tmp_path):
         assert code == -signal.SIGKILL, (where2, out[-3000:])
         assert "Traceback" not in out, out[-3000:]
         # Resumed, not started again: epoch 0 is not trained twice.
-        assert _epochs(os.path.join(dir_, "shop")) == [0, 1], (where, out)
+        assert history_epochs(os.path.join(dir_, "shop")) == [0, 1], (where, out)
         assert os.path.exists(os.path.join(dir_, "shop", "done.json"))
         assert not os.path.exists(os.path.join(dir_, "shop", "backup"))
-        assert _epochs(os.path.join(dir_, "street")) == [0]
+        assert history_epochs(os.path.join(dir_, "street")) == [0]
 
         proc = subprocess.run(_train_command(dir_, shards), env=ENV,
                               capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
         assert "[shop] already trained" in proc.stdout
-        assert _epochs(os.path.join(dir_, "street")) == [0, 1], where2
+        assert history_epochs(os.path.join(dir_, "street")) == [0, 1], where2
         assert not os.path.exists(os.path.join(dir_, "street", "backup"))
         _, ref_err = ref.communicate(timeout=300)
         assert ref.returncode == 0, ref_err.decode()[-3000:]
@@ -247,7 +227,7 @@ def test_backup_cut_by_a_kill_mid_write_still_resumes(tmp_path):
               callbacks=[callbacks.Backup(folder, save_freq=1)])
     kept = model.get_weights()
     # The backup outlives fit (train_stage removes it after done.json).
-    assert _backup_state(str(tmp_path)) == (1, 0)
+    assert backup_state(str(tmp_path)) == (1, 0)
 
     def cut(filepath, overwrite=True):
         with open(filepath, "wb") as f:
@@ -327,11 +307,11 @@ def test_kill_between_training_and_done_json_does_not_train_again(
     with pytest.raises(KeyboardInterrupt):
         training.run(config, model_dir, "shop", verbose=0)
     shop = os.path.join(model_dir, "shop")
-    assert _epochs(shop) == [0, 1]
-    assert _backup_state(shop) == (2, 0)  # Both epochs are in the backup.
+    assert history_epochs(shop) == [0, 1]
+    assert backup_state(shop) == (2, 0)  # Both epochs are in the backup.
     monkeypatch.setattr(fileio, "write_json", real)
     result = training.run(config, model_dir, "shop", verbose=0)
-    assert _epochs(shop) == [0, 1]  # Not [0, 1, 0, 1]: nothing retrained.
+    assert history_epochs(shop) == [0, 1]  # Not [0, 1, 0, 1]: nothing retrained.
     assert result["shop"]["steps"] == 4
     assert os.path.exists(os.path.join(shop, "done.json"))
     assert not os.path.exists(os.path.join(shop, "backup"))

@@ -1,6 +1,5 @@
 """Triplets of the street stage: small-label runs keep every anchor."""
 
-import numpy as np
 import pytest
 
 from mtct_tf.data import pipeline

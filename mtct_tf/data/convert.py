@@ -147,14 +147,8 @@ def make_example(entry, encoded, fmt, height, width, schema):
 
     schema = attributes.get_schema(schema)
 
-    def b(values):
-        return tf.train.Feature(bytes_list=tf.train.BytesList(value=values))
-
-    def i(values):
-        return tf.train.Feature(int64_list=tf.train.Int64List(value=values))
-
-    def f(values):
-        return tf.train.Feature(float_list=tf.train.FloatList(value=values))
+    b, i, f = (features.bytes_feature, features.int64_feature,
+               features.float_feature)
 
     boxes = [] if entry.bbox is None else [entry.bbox]
     xmin, ymin, xmax, ymax = ([], [], [], [])

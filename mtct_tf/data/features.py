@@ -1,4 +1,5 @@
-"""The tf.Example keys of the project's records, defined once.
+"""The tf.Example keys of the project's records, defined once, and the
+``tf.train.Feature`` builders that fill them.
 
 Keys follow TF Model Garden's detection format where one exists, so that the
 same record can feed both the attribute network and the detector.
@@ -35,3 +36,24 @@ SPLITS = ("train", "val", "test")
 def attribute_key(name):
     """The tf.Example key holding attribute ``name`` (int64, -1 = missing)."""
     return ATTRIBUTE_PREFIX + name
+
+
+def bytes_feature(values):
+    """A ``tf.train.Feature`` holding the bytes ``values``."""
+    import tensorflow as tf  # Keys alone must not need TensorFlow.
+
+    return tf.train.Feature(bytes_list=tf.train.BytesList(value=values))
+
+
+def int64_feature(values):
+    """A ``tf.train.Feature`` holding the int64 ``values``."""
+    import tensorflow as tf
+
+    return tf.train.Feature(int64_list=tf.train.Int64List(value=values))
+
+
+def float_feature(values):
+    """A ``tf.train.Feature`` holding the float ``values``."""
+    import tensorflow as tf
+
+    return tf.train.Feature(float_list=tf.train.FloatList(value=values))

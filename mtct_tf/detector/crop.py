@@ -18,12 +18,11 @@ import numpy as np
 
 from mtct_tf import fileio
 from mtct_tf.data import features, shards
-from mtct_tf.data.features import GARMENT_CLASS
+from mtct_tf.data.features import (GARMENT_CLASS, bytes_feature,
+                                   float_feature, int64_feature)
 from mtct_tf.detector.boxes import (box_iou, choose_box, expand_box,
                                     rescale_boxes)
 from mtct_tf.detector.config import CLASS_NAMES
-from mtct_tf.detector.records import (bytes_feature, float_feature,
-                                      int64_feature)
 
 # Provenance of a crop record (added by ``crop_with_detector``).
 CROP_BBOX = "image/crop/bbox"

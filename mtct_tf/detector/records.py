@@ -13,34 +13,14 @@ import numpy as np
 
 from mtct_tf import fileio
 from mtct_tf.data import features, shards
-from mtct_tf.data.features import GARMENT_CLASS
+from mtct_tf.data.features import (GARMENT_CLASS, bytes_feature,
+                                   float_feature, int64_feature)
 from mtct_tf.detector.config import CLASS_NAMES, split_pattern
 
 # Model Garden's COCO evaluator casts image/source_id to an integer, so the
 # detection records carry a numeric source id and keep the manifest id here.
 DET_IMAGE_ID = "image/filename"
 RECORDS_INFO = "detection_records.json"
-
-
-def bytes_feature(v):
-    """A ``tf.train.Feature`` holding the bytes values ``v``."""
-    import tensorflow as tf
-
-    return tf.train.Feature(bytes_list=tf.train.BytesList(value=v))
-
-
-def int64_feature(v):
-    """A ``tf.train.Feature`` holding the int64 values ``v``."""
-    import tensorflow as tf
-
-    return tf.train.Feature(int64_list=tf.train.Int64List(value=v))
-
-
-def float_feature(v):
-    """A ``tf.train.Feature`` holding the float values ``v``."""
-    import tensorflow as tf
-
-    return tf.train.Feature(float_list=tf.train.FloatList(value=v))
 
 
 def detection_example(encoded, fmt, width, height, boxes, *, source_id,
