@@ -12,6 +12,9 @@ import csv
 import dataclasses
 import json
 import os
+import signal
+import subprocess
+import time
 
 import numpy as np
 import pytest
@@ -192,3 +195,34 @@ def backup_state(stage_dir):
         return meta["epoch"], meta["batch"]
     except (OSError, ValueError, KeyError):
         return None
+
+
+def run_and_kill(command, env, stage_dir, steps, rng, timeout=300):
+    """Runs a training command and SIGKILLs it in its second epoch.
+
+    The kill comes 0-60 ms after the backup in ``stage_dir`` records a
+    random batch (below ``steps - 1``) of epoch 1, so it lands anywhere in
+    the next step: in the step itself or in the writing of the backup.
+
+    Returns:
+        ``(returncode, output, (batch, delay))``.
+    """
+    target = rng.randrange(steps - 1)  # Not the last: stay in the epoch.
+    delay = rng.uniform(0.0, 0.06)
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    deadline = time.time() + timeout
+    try:
+        while proc.poll() is None and time.time() < deadline:
+            state = backup_state(stage_dir)
+            if state is not None and state >= (1, target):
+                time.sleep(delay)
+                os.kill(proc.pid, signal.SIGKILL)
+                break
+            time.sleep(0.005)
+        out = proc.communicate(timeout=timeout)[0].decode(errors="replace")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return proc.returncode, out, (target, round(delay, 3))

@@ -12,7 +12,6 @@ import random
 import signal
 import subprocess
 import sys
-import time
 import types
 
 import h5py
@@ -25,7 +24,7 @@ import tensorflow_datasets as tfds
 from mtct_tf import configs, pretrain, stages, training
 from mtct_tf import model as model_lib
 
-from conftest import backup_state, history_epochs
+from conftest import history_epochs, run_and_kill
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 S = 32
@@ -337,27 +336,10 @@ def test_stage0_killed_mid_epoch_resumes_from_its_backup(tmp_path):
     folder = os.path.join(model_dir, "pretrain")
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="",
                PYTHONPATH=REPO)
-    rng = random.Random()
-    target = rng.randrange(_KILL_STEPS - 1)
-    delay = rng.uniform(0.0, 0.06)
-    proc = subprocess.Popen(_stage0_command(model_dir), env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.time() + 300
-    try:
-        while proc.poll() is None and time.time() < deadline:
-            state = backup_state(folder)
-            if state is not None and state >= (1, target):
-                time.sleep(delay)
-                os.kill(proc.pid, signal.SIGKILL)
-                break
-            time.sleep(0.005)
-        out = proc.communicate(timeout=300)[0].decode(errors="replace")
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    where = (target, round(delay, 3))
-    assert proc.returncode == -signal.SIGKILL, (where, out[-3000:])
+    returncode, out, where = run_and_kill(
+        _stage0_command(model_dir), env, folder, _KILL_STEPS,
+        random.Random())
+    assert returncode == -signal.SIGKILL, (where, out[-3000:])
     assert not os.path.exists(os.path.join(folder, "done.json"))
     assert history_epochs(folder) == [0], where
 

@@ -32,7 +32,7 @@ import keras
 import numpy as np
 import pytest
 from conftest import (TINY_SCHEMA, backup_state, build_tiny_dataset,
-                      history_epochs, write_manifest)
+                      history_epochs, run_and_kill, write_manifest)
 from PIL import Image
 
 from mtct_tf import attributes, callbacks, export_lib, fileio, runs, training
@@ -85,37 +85,9 @@ def _train_command(model_dir, shards_dir, *extra):
 
 
 def _run_and_kill(model_dir, shards_dir, stage, rng, timeout=300):
-    """Runs the training command and SIGKILLs it at a random step of
-    ``stage``'s second epoch.
-
-    The kill comes 0-60 ms after the backup records a random batch of
-    epoch 1, so it lands anywhere in the next step: in the step itself or
-    in the writing of the backup.
-
-    Returns:
-        ``(returncode, output, (batch, delay))``.
-    """
-    target = rng.randrange(STEPS - 1)  # Not the last: stay in the epoch.
-    delay = rng.uniform(0.0, 0.06)
-    proc = subprocess.Popen(
-        _train_command(model_dir, shards_dir), env=ENV,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    folder = os.path.join(model_dir, stage)
-    deadline = time.time() + timeout
-    try:
-        while proc.poll() is None and time.time() < deadline:
-            state = backup_state(folder)
-            if state is not None and state >= (1, target):
-                time.sleep(delay)
-                os.kill(proc.pid, signal.SIGKILL)
-                break
-            time.sleep(0.005)
-        out = proc.communicate(timeout=timeout)[0].decode(errors="replace")
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    return proc.returncode, out, (target, round(delay, 3))
+    """``conftest.run_and_kill`` of the training command, in ``stage``."""
+    return run_and_kill(_train_command(model_dir, shards_dir), ENV,
+                        os.path.join(model_dir, stage), STEPS, rng, timeout)
 
 
 def _distance(a, b):
