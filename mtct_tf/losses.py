@@ -16,6 +16,11 @@ Cross-domain losses act on embeddings of a triplet (SPEC §4): anchor
 ``a = f_t(I_i)`` (street image through the street network), positive
 ``p = f_s(I_p)`` (the shop image of the same item through the shop network)
 and a negative item ``I_n`` seen as ``n_s = f_s(I_n)`` and ``n_t = f_t(I_n)``.
+
+One module over 500 lines on purpose: it holds every loss the trainer
+composes, and the attribute and cross-domain families share the masking,
+global-count and normalisation helpers; each loss is tested against NumPy in
+tests/test_losses.py.
 """
 
 import keras

@@ -11,7 +11,9 @@ front and the pattern fills the garment in its colour.
 
 Everything is a function of ``(seed, item index)``, so the output does not
 depend on the worker count. The parameters below are fixed before methods
-are compared (SPEC §7) and are never tuned per method.
+are compared (SPEC §7) and are never tuned per method. The drawing and the
+dataset writer stay in one module over 500 lines so that everything that
+defines the benchmark's data is in one file.
 """
 
 import contextlib
