@@ -30,13 +30,13 @@ from mtct_tf import attributes as attributes_lib
 from mtct_tf import configs as configs_lib
 from mtct_tf import model as model_lib
 from mtct_tf import stages as stages_lib
-from mtct_tf.data import pipeline
+from mtct_tf.data import features, pipeline
 
 CONFIG_FILE = "config.yaml"
 MODEL_FILE = "model.keras"
 # Beside each stage's model, and in exports and shard directories: the
 # attribute schema (value names).
-SCHEMA_FILE = "schema.json"
+SCHEMA_FILE = features.SCHEMA_FILE
 DONE_FILE = "done.json"
 BEST_WEIGHTS = "best.weights.h5"
 BACKUP_DIR = "backup"

@@ -43,7 +43,7 @@ from mtct_tf import configs as configs_lib
 from mtct_tf import distribute
 from mtct_tf import model as model_lib
 from mtct_tf import pretrain, transfer
-from mtct_tf.data import pipeline, shards, triplets
+from mtct_tf.data import features, pipeline, shards, triplets
 
 # Method -> the stages it runs, in order.
 METHODS = {
@@ -265,7 +265,7 @@ class _MTNStage(Stage):
     def outputs(self, models, schema, config, inputs, done):
         done.pop("history")
         return [("model.keras", models.net.save),
-                ("schema.json", schema.save)], {"method": config.method}
+                (features.SCHEMA_FILE, schema.save)], {"method": config.method}
 
 
 class ShopStage(_MTNStage):

@@ -81,9 +81,7 @@ def prepare_data(workdir, items=DATA_ITEMS, render_seed=DATA_SEED):
                 f"{workdir} holds runs on data rendered with {previous}; "
                 f"these settings are {settings}. Use another --workdir.")
     os.makedirs(workdir, exist_ok=True)
-    with open(record + ".tmp", "w") as f:
-        json.dump(settings, f, indent=1)
-    os.replace(record + ".tmp", record)
+    fileio.write_json(record, settings)
     data = os.path.join(workdir, "data")
     shards = os.path.join(workdir, "shards")
     if not os.path.exists(os.path.join(shards, convert.SUMMARY)):

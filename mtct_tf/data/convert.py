@@ -59,7 +59,7 @@ AUTO_SHARD_BYTES = 100 * 2**20
 # 0 is the background).
 GARMENT_TEXT = "garment"
 SUMMARY = "summary.json"
-SCHEMA = "schema.json"
+SCHEMA = features.SCHEMA_FILE
 SHARD_GLOB = "{split}-[0-9][0-9][0-9][0-9][0-9]-of-[0-9][0-9][0-9][0-9][0-9]" \
     ".tfrecord"
 _CHUNK = 16  # Images per task sent to a worker process.

@@ -51,6 +51,7 @@ import re
 from PIL import Image
 
 from mtct_tf import attributes, fileio
+from mtct_tf.data import features
 
 CONSUMER2SHOP = "consumer2shop"
 ATTRIBUTES = "attributes"
@@ -392,7 +393,7 @@ class ManifestWriter:
             raise AnnotationError("no image to write: every image was "
                                   "dropped (see the messages above)")
         _link(os.path.join(self.out_dir, LINK), self.root)
-        self.schema.save(os.path.join(self.out_dir, "schema.json"))
+        self.schema.save(os.path.join(self.out_dir, features.SCHEMA_FILE))
         os.replace(self.tmp, self.path)
         splits = {}
         for (split, domain), n in sorted(self.counts.items()):

@@ -29,6 +29,10 @@ AREA = "image/object/area"
 # (0 is Model Garden's background).
 GARMENT_CLASS = 1
 
+# The attribute schema beside a dataset, its shards, a stage's model and an
+# export (``attributes.AttributeSchema.save``).
+SCHEMA_FILE = "schema.json"
+
 DOMAINS = ("shop", "street")
 SPLITS = ("train", "val", "test")
 

@@ -30,6 +30,7 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from mtct_tf import fileio
 from mtct_tf.attributes import synth_schema
+from mtct_tf.data import features
 
 # === Fixed rendering parameters (SPEC §7: never tuned per method) ===
 SUPERSAMPLE = 2  # Draw at 2x and box-downsample: cheap anti-aliasing.
@@ -605,7 +606,7 @@ def render_dataset(out_dir, *, items, seed=0, image_size=128, shop_per_item=1,
                      else map(work, jobs)):
             records += recs
             bar.update(len(recs))
-    synth_schema().save(os.path.join(out_dir, "schema.json"))
+    synth_schema().save(os.path.join(out_dir, features.SCHEMA_FILE))
     _write_atomic(manifest,
                   "".join(json.dumps(r) + "\n" for r in records).encode())
     seconds = time.perf_counter() - start
