@@ -50,6 +50,23 @@ def test_verdicts_follow_the_numbers():
     assert "**does not hold**" in lines[1]  # Largest gain at 25%, not 10%.
 
 
+def test_gaps_within_noise_read_not_separated():
+    """Means in the claimed order but within one std over seeds: neither
+    claim holds, neither is refuted."""
+    methods = {"No-Adapt": [0.30, 0.40], "UD": [0.32, 0.42],
+               "FTT": [0.34, 0.44], "End-to-end": [0.45, 0.45],
+               "MTCT": [0.36, 0.46]}
+    noisy = _summary(methods, {0.1: [0.30, 0.40], 0.25: [0.32, 0.42],
+                               1.0: [0.34, 0.44]},
+                     {0.1: [0.32, 0.42], 0.25: [0.33, 0.43],
+                      1.0: [0.34, 0.44]})
+    lines = ablation._verdicts(noisy)
+    assert "**not separated**" in lines[0]
+    assert "No-Adapt vs UD" in lines[0]
+    assert "**not separated**" in lines[1]
+    assert "within one std" in lines[1]
+
+
 def test_report_files(tmp_path):
     methods = {k: [0.3 + 0.05 * i] for i, k in enumerate(ablation.METHODS)}
     summary = _summary(methods, {0.1: [0.3], 0.25: [0.4], 1.0: [0.5]},
