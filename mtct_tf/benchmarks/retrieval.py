@@ -115,7 +115,7 @@ def render(rows, command, seconds):
     lines += [
         "",
         "Exact search is the default of `python -m mtct_tf.retrieve` and the "
-        "reference of every retrieval score in docs/RESULTS.md; "
+        "reference of the retrieval top-k that `evaluate` reports; "
         "`--method scann` trades the recall above for speed on large "
         "galleries.", ""]
     return "\n".join(lines)
