@@ -52,6 +52,12 @@ class DataConfig:
     # (data/triplets.py), so unlabelled anchors give only the cross-domain
     # term. Street stages without triplets (FTT, UD) drop the other items.
     street_label_fraction: float = 1.0
+    # Where the street stage's labels come from: "own" (each street image's
+    # annotation) or "pair" (the label-copy oracle: every street training
+    # image takes the labels of its paired shop item, so no street label is
+    # used; street_label_fraction is then moot). "pair" needs the street
+    # stage without triplets (cross_domain.kind none).
+    street_labels: str = "own"
     # Triplet negatives: "random" item, or "hard" = same garment category.
     negatives: str = "random"
     cache: bool = False
@@ -142,6 +148,8 @@ class ExperimentConfig:
              ("fc", "all")),
             (self.data.negatives in ("random", "hard"), "data.negatives",
              ("random", "hard")),
+            (self.data.street_labels in ("own", "pair"),
+             "data.street_labels", ("own", "pair")),
             (self.runtime.strategy in
              ("default", "mirrored", "multi_worker", "tpu"),
              "runtime.strategy",
@@ -164,6 +172,15 @@ class ExperimentConfig:
             raise ConfigError(
                 "attribute_weights must map attribute names to numbers >= 0."
                 f" Received: {bad}")
+        if self.data.street_labels == "pair" and (
+                self.method not in ("ftt", "mtct")
+                or self.street.cross_domain.kind != "none"):
+            raise ConfigError(
+                "data.street_labels=pair (the label-copy oracle) applies to "
+                "the street stage of FTT (method ftt, or mtct with "
+                "street.cross_domain.kind none). Received: method="
+                f"{self.method!r}, street.cross_domain.kind="
+                f"{self.street.cross_domain.kind!r}")
         if not 0 < self.data.street_label_fraction <= 1:
             raise ConfigError(
                 "data.street_label_fraction must be in (0, 1]. Received: "

@@ -228,6 +228,19 @@ class _Records:
             shuffle_buffer=self.d.shuffle_buffer, **self.common),
             len(anchors), self.strategy)
 
+    def label_copy(self, split, training):
+        """Street images of ``split`` with their paired shop item's labels
+        (the label-copy oracle); images of items without a shop image
+        drop."""
+        ds = triplets.make_triplet_dataset(
+            self.street[split], self.shop[split], self.schema,
+            training=training, negatives="random", label_fraction=1.0,
+            shuffle_buffer=self.d.shuffle_buffer, **self.common)
+        ds = ds.map(lambda x, y: (x["image"], y["shop"]),
+                    num_parallel_calls=tf.data.AUTOTUNE)
+        return distribute.shard_dataset(ds, len(self.street[split]),
+                                        self.strategy)
+
 
 class _MTNStage(Stage):
     """A stage training the MTN on the project's records."""
@@ -284,7 +297,9 @@ class StreetStage(_MTNStage):
     starts_from = "shop"
 
     def data(self, records, fraction):
-        if records.config.street.cross_domain.kind == "none":
+        if records.d.street_labels == "pair":
+            train = records.label_copy("train", True)
+        elif records.config.street.cross_domain.kind == "none":
             train = records.plain(records.street["train"], True, "street",
                                   fraction)
         else:

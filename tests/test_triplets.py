@@ -52,3 +52,34 @@ def test_dropping_unlabelled_anchors_is_still_possible(tiny_shards):
     _, shards, _ = tiny_shards
     got = _anchors(shards, 0.25, keep_unlabelled=False)
     assert sorted(got) == sorted(KEPT[0.25])
+
+
+def test_label_copy_gives_street_images_their_shop_items_labels(tiny_shards):
+    """The label-copy oracle: every street training image, labelled with
+    its shop pair's labels (it02's street colour is missing, its shop
+    colour is blue)."""
+    from mtct_tf import configs, stages
+
+    _, shards, _ = tiny_shards
+    config = configs.build("ftt", None, [
+        f"data.shards_dir={shards}", "data.street_labels=pair",
+        "data.batch_size=2", "data.image_size=8"])
+    schema = pipeline.load_schema(shards)
+    records = stages._Records(config, schema, None)
+    colours = []
+    for image, labels in records.label_copy("train", training=False):
+        assert image.shape[1:] == (8, 8, 3)
+        assert set(labels) == {a.name for a in schema}
+        colours += labels["colour"].numpy().tolist()
+    # One street image per training item, each with its shop colour.
+    assert sorted(colours) == [0, 1, 2, 3]
+
+
+def test_label_copy_is_only_for_the_street_stage_without_triplets():
+    from mtct_tf import configs
+
+    with pytest.raises(configs.ConfigError, match="label-copy"):
+        configs.build("mtct", None, ["data.street_labels=pair"])
+    with pytest.raises(configs.ConfigError, match="street_labels"):
+        configs.build("ftt", None, ["data.street_labels=shop"])
+    configs.build("ftt", None, ["data.street_labels=pair"])
