@@ -12,6 +12,9 @@ Examples:
     # Street test with annotated boxes vs detector crops vs whole photos:
     python -m mtct_tf.evaluate --model_dir runs/demo/mtct \
         --box_source gt --box_source detector --box_source none
+    # Several runs in one table, one named row each (DIR or DIR@STAGE):
+    python -m mtct_tf.evaluate --row No-Adapt=runs/demo/mtct@shop \
+        --row FTT=runs/demo/ftt --row MTCT=runs/demo/mtct
 """
 
 import argparse
@@ -22,7 +25,10 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m mtct_tf.evaluate",
                                 description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model_dir", required=True)
+    p.add_argument("--model_dir", help="the run to evaluate")
+    p.add_argument("--row", action="append", metavar="NAME=DIR[@STAGE]",
+                   help="instead of --model_dir: one table row per run "
+                        "(its last stage's model, or STAGE's)")
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
     p.add_argument("--domain", default="street", choices=("street", "shop"))
     p.add_argument("--stage", action="append",
@@ -36,11 +42,24 @@ def main(argv=None):
                         "or the whole photo (default: the crops training "
                         "used); repeat to compare in one table")
     args = p.parse_args(argv)
+    if bool(args.model_dir) == bool(args.row):
+        p.error("give either --model_dir or one --row per run")
+    runs = []
+    for text in args.row or ():
+        name, sep, where = text.partition("=")
+        run_dir, _, stage = where.partition("@")
+        if not sep or not name or not run_dir:
+            p.error(f"--row {text!r}: expected NAME=DIR or NAME=DIR@STAGE")
+        runs.append((name, run_dir, stage or None))
     from mtct_tf import evaluation
 
     rows = {}
     try:
-        for stage in args.stage or [None]:
+        for name, run_dir, stage in runs:
+            rows[name] = evaluation.evaluate(
+                run_dir, split=args.split, domain=args.domain, stage=stage,
+                shards_dir=args.shards_dir, batch_size=args.batch_size)
+        for stage in (args.stage or [None]) if args.model_dir else ():
             for box in args.box_source or [None]:
                 name = f"{stage or 'final'} model" + (
                     f", {evaluation.BOX_SOURCE_NAMES[box]}" if box else "")
@@ -51,7 +70,7 @@ def main(argv=None):
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if len(rows) > 1:
+    if len(rows) > 1 or runs:
         from mtct_tf import metrics
 
         print(metrics.format_table(

@@ -1,7 +1,8 @@
-"""Ablation report: summaries over seeds, verdicts, files written."""
+"""Ablation report: paired differences, verdicts, summaries, files."""
 
 import json
 
+import numpy as np
 import pytest
 
 from mtct_tf.benchmarks import ablation
@@ -9,79 +10,150 @@ from mtct_tf.benchmarks import ablation
 NAMES = ("colour", "sleeve")
 
 
-def _result(m):
+def _result(m, top10=0.5):
     return {"mAP_cls": m, "mP_ins": m / 2, "mR_ins": m / 3,
-            "ap": {a: m for a in NAMES}}
+            "ap": {a: m for a in NAMES}, "chance_mAP_cls": 0.25,
+            "num_images": 12,
+            "retrieval": {"1": top10 / 4, "5": top10 / 2, "10": top10,
+                          "20": min(1.0, 2 * top10)}}
 
 
-def _summary(methods, ftt_curve, mtct_curve):
-    def s(values):
-        return ablation._summary([_result(v) for v in values])
-    return {
-        "methods": {k: s(v) for k, v in methods.items()},
-        "losses": {"none (FTT)": s(methods["FTT"]),
-                   "t-STE poster (MTCT)": s(methods["MTCT"])},
-        "curve": {"FTT": {str(f): s(v) for f, v in ftt_curve.items()},
-                  "MTCT": {str(f): s(v) for f, v in mtct_curve.items()}},
-    }
+def test_paired_difference_and_its_t_interval():
+    p = ablation.paired([3.0, 4.0, 5.0], [1.0, 1.0, 1.0])
+    assert p["differences"] == [2.0, 3.0, 4.0]
+    assert p["mean"] == pytest.approx(3.0)
+    assert p["std"] == pytest.approx(1.0)
+    # t(0.975, 2) = 4.303: half-width 4.303 / sqrt(3) = 2.484.
+    assert p["interval"] == pytest.approx([3 - 2.4843, 3 + 2.4843], abs=1e-3)
+    assert p["verdict"] == "better"
 
 
-def test_summary_is_mean_and_std_in_percent():
+@pytest.mark.parametrize("a, b, verdict", [
+    ([2.0, 2.1, 1.9], [1.0, 1.0, 1.0], "better"),
+    ([0.0, 0.1, -0.1], [1.0, 1.0, 1.0], "worse"),
+    # Means ordered, differences of both signs: within the noise.
+    ([1.5, 0.2, 1.9], [1.0, 1.0, 1.0], "not separated"),
+    # A large, consistent seed-to-seed spread cancels in the pairs...
+    ([30.5, 40.5, 50.5], [30.0, 40.0, 50.0], "better"),
+])
+def test_paired_verdicts(a, b, verdict):
+    assert ablation.paired(a, b)["verdict"] == verdict
+
+
+def test_one_seed_is_never_separated():
+    p = ablation.paired([10.0], [1.0])
+    assert p["verdict"] == "not separated" and p["interval"] is None
+    assert "(1 seed)" in ablation._diff_cell(p)
+    with pytest.raises(ValueError, match="one value per seed"):
+        ablation.paired([1.0, 2.0], [1.0])
+
+
+def test_summary_is_mean_and_sample_std_in_percent():
     s = ablation._summary([_result(0.4), _result(0.6)])
-    assert s["mAP_cls"] == pytest.approx((50.0, 10.0))
-    assert s["ap"]["colour"] == pytest.approx((50.0, 10.0))
-    assert s["mR_ins"] == pytest.approx((50.0 / 3, 10.0 / 3))
+    assert s["mAP_cls"] == pytest.approx((50.0, 100 * np.std([0.4, 0.6],
+                                                             ddof=1)))
+    assert s["ap"]["colour"][0] == pytest.approx(50.0)
+    assert s["retrieval"]["10"] == pytest.approx((50.0, 0.0))
+    assert s["n"] == 2
 
 
-def test_verdicts_follow_the_numbers():
-    methods = {"No-Adapt": [0.3, 0.32], "UD": [0.4, 0.42],
-               "FTT": [0.5, 0.5], "End-to-end": [0.45, 0.45],
-               "MTCT": [0.55, 0.57]}
-    good = _summary(methods, {0.1: [0.3], 0.25: [0.4], 1.0: [0.5]},
-                    {0.1: [0.4], 0.25: [0.45], 1.0: [0.52]})
-    lines = ablation._verdicts(good)
-    assert "**holds**" in lines[0] and "**holds**" in lines[1]
-    assert "10%: +10.00" in lines[1]
-    methods["UD"] = [0.6, 0.6]  # UD above FTT breaks the ordering.
-    bad = _summary(methods, {0.1: [0.3], 0.25: [0.4], 1.0: [0.5]},
-                   {0.1: [0.31], 0.25: [0.45], 1.0: [0.52]})
-    lines = ablation._verdicts(bad)
-    assert "**does not hold**" in lines[0]
-    assert "**does not hold**" in lines[1]  # Largest gain at 25%, not 10%.
+def _per(gain_fc, gain_all, seeds=3, fractions=ablation.FRACTIONS):
+    """Per-seed results: FTT at 0.4 + seed noise, MTCT above it by the
+    gain of its mode and fraction (a dict), No-Adapt at 0.3."""
+    noise = [0.0, 0.03, -0.02][:seeds]
+    per = {"No-Adapt": [_result(0.3 + n) for n in noise],
+           "Shop model on shop test": [_result(0.9) for _ in noise]}
+    for mode, gain in (("fc", gain_fc), ("all", gain_all)):
+        for f in fractions:
+            per[f"FTT {mode} {f:g}"] = [_result(0.4 + n) for n in noise]
+            per[f"MTCT {mode} {f:g}"] = [
+                _result(0.4 + n + g) for n, g in zip(noise, gain[f])]
+    return per
 
 
-def test_gaps_within_noise_read_not_separated():
-    """Means in the claimed order but within one std over seeds: neither
-    claim holds, neither is refuted."""
-    methods = {"No-Adapt": [0.30, 0.40], "UD": [0.32, 0.42],
-               "FTT": [0.34, 0.44], "End-to-end": [0.45, 0.45],
-               "MTCT": [0.36, 0.46]}
-    noisy = _summary(methods, {0.1: [0.30, 0.40], 0.25: [0.32, 0.42],
-                               1.0: [0.34, 0.44]},
-                     {0.1: [0.32, 0.42], 0.25: [0.33, 0.43],
-                      1.0: [0.34, 0.44]})
-    lines = ablation._verdicts(noisy)
-    assert "**not separated**" in lines[0]
-    assert "No-Adapt vs UD" in lines[0]
-    assert "**not separated**" in lines[1]
-    assert "within one std" in lines[1]
+def test_comparisons_cells_and_small_data_contrast():
+    fc = {0.1: [0.05, 0.06, 0.055], 0.25: [0.0, 0.01, -0.01],
+          1.0: [0.0, 0.005, -0.005]}
+    all_ = {f: [0.02, -0.02, 0.0] for f in ablation.FRACTIONS}
+    table = ablation.comparisons(_per(fc, all_))
+    cell = {(p["mode"], p["fraction"], p["what"]): p for p in table}
+    assert cell[("fc", 0.1, "MTCT - FTT")]["verdict"] == "better"
+    assert cell[("fc", 0.1, "MTCT - FTT")]["mean"] == pytest.approx(5.5)
+    assert cell[("fc", 1.0, "MTCT - FTT")]["verdict"] == "not separated"
+    assert cell[("all", 0.1, "MTCT - FTT")]["verdict"] == "not separated"
+    assert cell[("fc", 0.1, "MTCT - No-Adapt")]["verdict"] == "better"
+    small = [p for p in table if p["fraction"] is None]
+    assert [p["mode"] for p in small] == ["fc", "all"]
+    assert small[0]["verdict"] == "better"  # 5.5 points more at 10%.
+    assert small[1]["verdict"] == "not separated"
+    lines = ablation.verdict_lines(table)
+    assert len(lines) == len(table) == 2 * (2 * 3 + 1)
+    assert "**MTCT better (separated)**" in lines[0]
 
 
-def test_report_files(tmp_path):
-    methods = {k: [0.3 + 0.05 * i] for i, k in enumerate(ablation.METHODS)}
-    summary = _summary(methods, {0.1: [0.3], 0.25: [0.4], 1.0: [0.5]},
-                       {0.1: [0.35], 0.25: [0.42], 1.0: [0.51]})
-    info = {"command": "cmd", "minutes": 1.0, "machine": "m", "seeds": 1,
-            "items": 10, "street_test_images": 5, "chance": 25.0,
-            "budget": "b"}
-    path = ablation.write_report(summary, info, str(tmp_path))
+def _data(per, fractions=ablation.FRACTIONS, core=False, weight=None):
+    summary = {k: ablation._summary(v) for k, v in per.items()}
+    info = {"command": "cmd", "minutes": 1.0, "compute_minutes": 2.0,
+            "machine": "m", "seeds": 3, "control_seeds": 0, "controls": [],
+            "core": core, "fractions": list(fractions), "items": 10,
+            "render_seed": 2017, "street_test_images": 12, "chance": 25.0,
+            "budget": "b",
+            "weight": weight or {"chosen": 340.0,
+                                 "scores": {"86": [1, 2, 3],
+                                            "340": [2, 3, 4],
+                                            "1400": [1, 1, 1]}}}
+    return {"summary": summary, "info": info,
+            "verdicts": {
+                "mAP_cls": ablation.comparisons(per, fractions=fractions),
+                "retrieval top-10": ablation.comparisons(
+                    per, metric=lambda r: 100 * r["retrieval"]["10"],
+                    fractions=(fractions[0], fractions[-1]))},
+            "per_seed": {k: [{"mAP_cls": r["mAP_cls"]} for r in v]
+                         for k, v in per.items()}}
+
+
+def test_report_files_and_a_replication_beside_it(tmp_path):
+    zero = {f: [0.0, 0.0, 0.0] for f in ablation.FRACTIONS}
+    up = {f: [0.05, 0.06, 0.055] for f in ablation.FRACTIONS}
+    per = _per(up, zero)
+    per["Oracle fc"] = [_result(0.7) for _ in range(3)]
+    replication = _data(_per(zero, zero, fractions=(0.1, 1.0)),
+                        fractions=(0.1, 1.0), core=True,
+                        weight={"chosen": 340.0})
+    data = _data(per)
+    data["replication"] = replication
+    path = ablation.write_report(data, str(tmp_path))
     text = open(path).read()
-    assert "| MTCT | 50.00 ± 0.00" in text
-    assert (tmp_path / "images" / "ablation.png").stat().st_size > 1000
-    assert (tmp_path / "images" / "ablation_small_data.png").exists()
+    assert "| fc | 10% | 40.33 ± 2.52 |" in text
+    assert "6 cells (2 modes × 3 label fractions): 3 MTCT better" in text
+    assert "Label-copy oracle (`fc`): 70.00 ± 0.00" in text
+    assert "→ **340**, frozen" in text
+    # The replication disagrees on the two fc MTCT - FTT cells it has
+    # (10% and 100%); the other 8 cells agree.
+    assert "| fc | 10%: MTCT - FTT |" in text
+    assert "8 of 10 verdicts agree." in text
+    assert "(not run: `--losses` adds them)" in text
+    for name in ("ablation", "ablation_small_data", "ablation_paired"):
+        assert (tmp_path / "images" / f"{name}.png").stat().st_size > 1000
     saved = json.loads((tmp_path / "results" / "ablation.json").read_text())
-    assert saved["summary"]["methods"]["UD"]["mAP_cls"][0] == pytest.approx(
-        35.0)
+    assert saved["summary"]["Oracle fc"]["mAP_cls"][0] == pytest.approx(70.0)
+    # A replication-only report (no oracle, 2 fractions) renders too.
+    path = ablation.write_report(replication, str(tmp_path / "r"))
+    assert "| all | 100% |" in open(path).read()
+
+
+def test_arms_share_runs_only_when_they_are_the_same_run():
+    assert ablation.street_arm("ftt", "fc", 0.1).key == "ftt_fc_0.1"
+    mtct = ablation.street_arm("mtct", "all", 1.0, 340.0)
+    assert mtct.key == "mtct_all_1_w340"
+    assert "street.cross_domain.weight=340" in mtct.overrides
+    assert "street.finetune=all" in mtct.overrides
+    # The seed-0 grid run at the chosen weight is the MTCT fc arm itself.
+    assert (ablation.street_arm("mtct", "fc", 0.25, 86.0).key
+            == "mtct_fc_0.25_w86")
+    oracle = ablation.oracle_arm("fc")
+    assert "data.street_labels=pair" in oracle.overrides
+    assert ablation.control_arm("ud", 340.0).key == "ud"
 
 
 def test_prepare_data_records_the_render_seed(tmp_path):
@@ -97,3 +169,19 @@ def test_prepare_data_records_the_render_seed(tmp_path):
                                  render_seed=3) == shards
     with pytest.raises(ValueError, match="another --workdir"):
         ablation.prepare_data(str(tmp_path), items=34, render_seed=4)
+
+
+def test_show_prints_the_table_and_verdicts_of_a_finished_run(tmp_path,
+                                                              capsys):
+    from mtct_tf import benchmark
+
+    zero = {f: [0.0, 0.0, 0.0] for f in ablation.FRACTIONS}
+    ablation.write_report(_data(_per(zero, zero)), str(tmp_path))
+    assert benchmark.main(["ablation", "--show", "--out",
+                           str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "No-Adapt 30.33 ± 2.52" in out
+    assert "| all | 100% | 40.33 ± 2.52 | 40.33 ± 2.52 |" in out
+    assert "6 not separated" in out
+    assert benchmark.main(["ablation", "--show", "--out",
+                           str(tmp_path / "none")]) == 2

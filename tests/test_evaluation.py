@@ -71,3 +71,16 @@ def test_cli_compares_box_sources_in_one_table(run, capsys):
     assert "| final model, whole photos |" in out
     assert "Prediction spread" in out
     assert "Street-to-shop retrieval: 4 street queries" in out
+
+
+def test_cli_puts_named_runs_in_one_table(run, capsys):
+    model_dir, _ = run
+    assert evaluate.main(["--split", "train",
+                          "--row", f"No-Adapt={model_dir}@shop",
+                          "--row", f"Last={model_dir}"]) == 0
+    out = capsys.readouterr().out
+    assert "| No-Adapt |" in out and "| Last |" in out
+    for bad in (["--row", "nodir"], ["--row", "A="],
+                ["--model_dir", model_dir, "--row", f"A={model_dir}"], []):
+        with pytest.raises(SystemExit):
+            evaluate.main(bad)

@@ -30,6 +30,7 @@ import math
 import os
 import platform
 import shutil
+import sys
 import time
 
 import numpy as np
@@ -849,6 +850,23 @@ real photos): No-Adapt 51.38, UD 58.76, FTT 61.82, MTCT 64.35 mAP_cls.
     return path
 
 
+def show(path):
+    """The No-Adapt / FTT / MTCT street table and the verdicts of a
+    finished ablation (its ``results/ablation.json``), as text."""
+    with open(path) as f:
+        data = json.load(f)
+    info, summary = data["info"], data["summary"]
+    return "\n".join([
+        f"The decisive benchmark ({path}: `{info['command']}`, "
+        f"{info['seeds']} seeds, render seed {info['render_seed']}, "
+        f"cross-domain weight {info['weight']['chosen']:g}), street test "
+        f"mAP_cls; No-Adapt {_cell(summary['No-Adapt']['mAP_cls'])}, "
+        f"chance {info['chance']:.2f}:", "",
+        _small_data_table(summary, data["verdicts"]["mAP_cls"],
+                          info["fractions"]), "",
+        *("- " + line for line in _headline(data))])
+
+
 def add_arguments(parser):
     """The ``python -m mtct_tf.benchmark ablation`` command line."""
     parser.add_argument("--seeds", type=int, default=3)
@@ -888,8 +906,20 @@ def add_arguments(parser):
     parser.add_argument("--override", action="append", default=[],
                         metavar="KEY=VALUE",
                         help="applied to every method alike")
+    parser.add_argument(
+        "--show", action="store_true",
+        help="print the No-Adapt / FTT / MTCT table and verdicts of the "
+             "finished run in --out (results/ablation.json); train nothing")
 
     def func(args):
+        if args.show:
+            path = os.path.join(args.out, "results", "ablation.json")
+            if not os.path.exists(path):
+                print(f"error: {path} does not exist: run the ablation "
+                      "first", file=sys.stderr)
+                return 2
+            print(show(path))
+            return 0
         command = " ".join(
             ["python -m mtct_tf.benchmark ablation", f"--seeds {args.seeds}"]
             + ([f"--render_seed {args.render_seed}"]
