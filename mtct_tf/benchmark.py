@@ -4,11 +4,12 @@ Commands (one library module each; this file only dispatches):
     speed      how close training, input and serving come to the machine's
                limits; writes docs/BENCHMARKS.md
                (``mtct_tf.benchmarks.speed``).
-    ablation   MTCT vs its baselines and loss variants on X-Domain-synth,
+    ablation   the decisive benchmark (docs/PROTOCOL.md): MTCT vs FTT and
+               No-Adapt, both fine-tuning modes, label fractions, oracle,
                over seeds; writes docs/RESULTS.md
                (``mtct_tf.benchmarks.ablation``).
     retrieval  ScaNN vs exact nearest-neighbour search: recall, queries/s;
-               writes docs/BENCHMARKS_RETRIEVAL.md
+               writes its section of docs/BENCHMARKS.md
                (``mtct_tf.benchmarks.retrieval``).
 
 Examples:

@@ -90,3 +90,58 @@ def write_json(path, obj, *, indent=1, newline=False, ensure_ascii=True):
     """
     text = json.dumps(obj, indent=indent, ensure_ascii=ensure_ascii)
     write_text(path, text + ("\n" if newline else ""))
+
+
+def _markers(name):
+    return f"<!-- begin {name} -->", f"<!-- end {name} -->"
+
+
+def sections(text):
+    """The marked sections of a Markdown ``text``: name -> the whole block
+    (markers included), in order."""
+    out, start = {}, 0
+    while True:
+        i = text.find("<!-- begin ", start)
+        if i < 0:
+            return out
+        name = text[i + len("<!-- begin "):text.find(" -->", i)]
+        end = _markers(name)[1]
+        j = text.find(end, i)
+        if j < 0:
+            return out
+        out[name] = text[i:j + len(end)]
+        start = j + len(end)
+
+
+def write_section(path, name, text):
+    """Replaces the section ``name`` of the Markdown file ``path`` (between
+    ``<!-- begin name -->`` and ``<!-- end name -->``) by ``text``, or
+    appends it; the rest of the file is kept. Atomic, like ``write_text``.
+    """
+    begin, end = _markers(name)
+    block = f"{begin}\n{text.strip()}\n{end}"
+    old = ""
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            old = f.read()
+    current = sections(old).get(name)
+    if current is not None:
+        new = old.replace(current, block)
+    else:
+        new = old.rstrip("\n") + ("\n\n" if old.strip() else "") + block
+    write_text(path, new.rstrip("\n") + "\n")
+
+
+def keep_sections(new_text, path):
+    """``new_text`` followed by the marked sections of the file ``path``
+    that ``new_text`` lacks (a regenerated report keeps what other
+    generators wrote into it)."""
+    if not os.path.exists(path):
+        return new_text
+    with open(path, encoding="utf-8") as f:
+        old = sections(f.read())
+    mine = sections(new_text)
+    extra = [block for name, block in old.items() if name not in mine]
+    if not extra:
+        return new_text
+    return new_text.rstrip("\n") + "\n\n" + "\n\n".join(extra) + "\n"

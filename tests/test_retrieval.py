@@ -165,9 +165,11 @@ def test_cli_index_query_and_strip(tiny_shards, exported, tmp_path, capsys):
 
 
 def test_retrieval_benchmark_report(tmp_path):
-    from mtct_tf import benchmark
+    from mtct_tf import benchmark, fileio
 
     out = str(tmp_path / "r.md")
+    # The speed report's text around it is kept.
+    fileio.write_text(out, "# Speed\n\nnumbers\n")
     assert benchmark.main(["retrieval", "--out", out, "--sizes", "2000",
                            "--dim", "16"]) == 0
     text = open(out).read()
@@ -178,3 +180,19 @@ def test_retrieval_benchmark_report(tmp_path):
     assert float(cells[2]) > 0  # Exact queries/s.
     if cells[3] != "n/a":
         assert 0.5 < float(cells[5]) <= 1.0  # ScaNN recall.
+    assert text.startswith("# Speed\n\nnumbers\n\n<!-- begin retrieval -->")
+
+
+def test_marked_sections_survive_a_regenerated_report(tmp_path):
+    from mtct_tf import fileio
+
+    path = str(tmp_path / "B.md")
+    fileio.write_section(path, "retrieval", "## R\n\nold")
+    fileio.write_text(path, fileio.keep_sections("# Speed v2\n", path))
+    fileio.write_section(path, "retrieval", "## R\n\nnew")
+    fileio.write_section(path, "other", "## O")
+    text = open(path).read()
+    assert text == ("# Speed v2\n\n<!-- begin retrieval -->\n## R\n\nnew\n"
+                    "<!-- end retrieval -->\n\n<!-- begin other -->\n## O\n"
+                    "<!-- end other -->\n")
+    assert list(fileio.sections(text)) == ["retrieval", "other"]

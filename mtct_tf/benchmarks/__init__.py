@@ -4,10 +4,10 @@
   limits (``docs/BENCHMARKS.md``), in parts: ``measurement`` (the subprocess
   harness and the measurements), ``summary`` (the maths) and ``report``
   (the Markdown).
-* ``ablation``: MTCT vs its baselines and loss variants on X-Domain-synth
+* ``ablation``: the decisive benchmark of docs/PROTOCOL.md on X-Domain-synth
   (``docs/RESULTS.md``).
 * ``retrieval``: ScaNN vs exact street-to-shop search
-  (``docs/BENCHMARKS_RETRIEVAL.md``).
+  (its section of ``docs/BENCHMARKS.md``).
 
 Each command module provides ``add_arguments(parser)``; none imports
 TensorFlow at module level, so the command line's ``--help`` stays instant.

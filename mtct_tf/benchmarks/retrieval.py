@@ -5,7 +5,8 @@
 units), queries each with noisy copies of gallery items (a street photo near
 its shop item), and measures for exact search (a matrix product) and ScaNN:
 index build time, queries per second (batches of 1,000 queries) and ScaNN's
-recall of the exact top-10. Writes ``docs/BENCHMARKS_RETRIEVAL.md``.
+recall of the exact top-10. Writes its section of ``docs/BENCHMARKS.md``
+(the speed report keeps it when it is regenerated).
 
 Synthetic embeddings are enough here: search cost depends on the sizes and
 on how clustered the vectors are, not on what produced them. The
@@ -25,6 +26,9 @@ SIZES = (10_000, 100_000)
 DIM = 9 * 128
 QUERIES = 1_000
 K = 10
+
+
+SECTION = "retrieval"
 
 
 def synthetic(n, dim, num_queries, *, seed=0):
@@ -90,7 +94,7 @@ def render(rows, command, seconds):
     except OSError:
         pass
     lines = [
-        "# Retrieval benchmark", "",
+        "## Street-to-shop retrieval: ScaNN vs exact search", "",
         f"Written by `{command}` (`mtct_tf/benchmarks/retrieval.py`) in "
         f"{seconds:.0f} s on {cpu} ({os.cpu_count()} logical CPUs), load "
         f"average at the end {os.getloadavg()[0]:.1f}. Synthetic clustered "
@@ -130,14 +134,16 @@ def run(out_path, *, sizes=SIZES, dim=DIM, log=print):
         command += " --sizes " + " ".join(str(n) for n in sizes)
     text = render(rows, command, time.time() - start)
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    fileio.write_text(out_path, text)
+    fileio.write_section(out_path, SECTION, text)
     log(f"wrote {out_path}")
     return rows
 
 
 def add_arguments(parser):
     """The ``python -m mtct_tf.benchmark retrieval`` command line."""
-    parser.add_argument("--out", default="docs/BENCHMARKS_RETRIEVAL.md")
+    parser.add_argument("--out", default="docs/BENCHMARKS.md",
+                        help="the report whose retrieval section is "
+                             "written (the rest is kept)")
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
     parser.add_argument("--dim", type=int, default=DIM)
 

@@ -156,7 +156,8 @@ def run_speed(out_path="docs/BENCHMARKS.md", *, quick=False, detector=None,
     json_path = json_path or os.path.splitext(out_path)[0] + ".json"
     # Written whole or not at all: a kill here keeps the previous report.
     for path, text in ((json_path, json.dumps(results, indent=1)),
-                       (out_path, render_report(results))):
+                       (out_path, fileio.keep_sections(
+                           render_report(results), out_path))):
         fileio.write_text(path, text)
     log(f"[speed] {results['seconds']:.0f} s; wrote {out_path} and "
         f"{json_path}")
