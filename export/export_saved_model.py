@@ -3,7 +3,8 @@
     python export/export_saved_model.py --model runs/demo/mtct \
         --export_dir runs/demo/serving [--model_name mtct] [--version N] \
         [--with_detector DETECTOR_SAVEDMODEL [--min_score 0.5]] \
-        [--margin 0.1] [--keras_out runs/demo/mtct.keras]
+        [--margin 0.1] [--keras_out runs/demo/mtct.keras] \
+        [--gallery GALLERY.npz [--top_k 10]]
 
 ``--model`` is a training run directory (its last stage's model.keras and
 the run's schema) or a .keras file (with ``--schema``, or schema.json beside
@@ -12,7 +13,10 @@ it). The SavedModel goes to ``<export_dir>/<model_name>/<version>/``
 Faster R-CNN SavedModel (``python -m mtct_tf.detect export``) into the graph
 so that ``serving_default`` takes whole street photos. ``--margin``
 (default: the run's ``data.margin``, else 0.1) is the context kept around a
-detector box. Prints a JSON summary. See export/README.md.
+detector box. ``--gallery`` (from ``python -m mtct_tf.retrieve index``
+with the same model) bakes a shop gallery into the graph: both signatures
+then also return the top-k gallery items of each photo. Prints a JSON
+summary. See export/README.md.
 """
 
 import argparse
@@ -38,9 +42,14 @@ def main(argv=None):
     p.add_argument("--margin", type=float,
                    help="context around a detector box (fraction per side)")
     p.add_argument("--keras_out", help="also write a .keras file here")
+    p.add_argument("--gallery", metavar="GALLERY_NPZ",
+                   help="a gallery embedded by this model (`python -m "
+                        "mtct_tf.retrieve index`) to search in the graph")
+    p.add_argument("--top_k", type=int, default=10,
+                   help="gallery neighbours returned (with --gallery)")
     args = p.parse_args(argv)
 
-    from mtct_tf import export_lib, runs
+    from mtct_tf import export_lib, retrieval, runs
 
     try:
         net, schema, run_margin = runs.load_model_and_schema(
@@ -48,15 +57,19 @@ def main(argv=None):
         margin = args.margin
         if margin is None:
             margin = run_margin if run_margin is not None else 0.1
+        gallery = (retrieval.Gallery.load(args.gallery) if args.gallery
+                   else None)
         start = time.time()
         version_dir = export_lib.export_saved_model(
             net, schema, args.export_dir, model_name=args.model_name,
             version=args.version, margin=margin,
-            detector=args.with_detector, min_score=args.min_score)
+            detector=args.with_detector, min_score=args.min_score,
+            gallery=gallery, top_k=args.top_k)
         summary = {"saved_model": version_dir,
                    "seconds": round(time.time() - start, 1),
                    "image_size": net.image_size, "schema": schema.name,
                    "detector": args.with_detector, "margin": margin,
+                   "gallery": args.gallery,
                    "signatures": [export_lib.SIGNATURE_IMAGES,
                                   export_lib.SIGNATURE_TENSORS]}
         if args.keras_out:

@@ -35,6 +35,14 @@ to the original photo), ``box_pixels`` (the same in original pixels),
 ``box_score`` (float32 [B], 0 without a detection) and ``detected`` (bool
 [B]). ``serving_tensors`` stays detector-free.
 
+With a gallery (``gallery=`` a ``retrieval.Gallery``, e.g. from
+``python -m mtct_tf.retrieve index``), both signatures also return the
+street-to-shop top-k against it, by exact cosine search inside the graph:
+``retrieved_items`` and ``retrieved_ids`` (string [B, k]) and
+``retrieved_scores`` (float32 [B, k], best first). The gallery's
+embeddings are a variable of the SavedModel (restored like the weights);
+the gallery must come from the same model, which its ``info`` records.
+
 Every output has the batch as its first dimension, as TF Serving's request
 batching requires. The SavedModel loads both ways: through the MetaGraph
 and its restore op (TF Serving, ``saved_model_cli run``,
@@ -69,7 +77,7 @@ META_FILE = "mtct_export.json"
 DEFAULT_MIN_SCORE = 0.5
 
 
-def output_keys(schema, *, with_detector=False):
+def output_keys(schema, *, with_detector=False, with_gallery=False):
     """The output names of the serving signatures, in order."""
     schema = attributes_lib.get_schema(schema)
     keys = []
@@ -78,6 +86,8 @@ def output_keys(schema, *, with_detector=False):
     keys.append("embedding")
     if with_detector:
         keys += ["box", "box_pixels", "box_score", "detected"]
+    if with_gallery:
+        keys += ["retrieved_items", "retrieved_ids", "retrieved_scores"]
     return keys
 
 
@@ -106,10 +116,14 @@ class ServingModule(tf.Module):
         detector: ``None``, or a detector SavedModel path.
         min_score: lowest detection score accepted.
         class_id: the detection class of garments (``None``: any class).
+        gallery: ``None``, or a ``retrieval.Gallery`` embedded by ``net``:
+            the signatures also return the ``top_k`` nearest gallery images.
+        top_k: gallery neighbours returned (at most the gallery's size).
     """
 
     def __init__(self, net, schema, *, margin=0.0, detector=None,
-                 min_score=DEFAULT_MIN_SCORE, class_id=GARMENT_CLASS):
+                 min_score=DEFAULT_MIN_SCORE, class_id=GARMENT_CLASS,
+                 gallery=None, top_k=10):
         super().__init__(name="mtct_serving")
         schema = attributes_lib.get_schema(schema)
         runs.check_schema(net, schema, "given for serving")
@@ -125,6 +139,25 @@ class ServingModule(tf.Module):
         self._margin = float(margin)
         self._min_score = float(min_score)
         self._class_id = class_id
+        self.with_gallery = gallery is not None
+        if self.with_gallery:
+            if gallery.embeddings.shape[1] != self._embedding_dim:
+                raise ValueError(
+                    f"the gallery's embeddings have {gallery.embeddings.shape[1]}"
+                    f" dimensions, the model's {self._embedding_dim}: it was "
+                    "embedded by another model")
+            if len(gallery) == 0 or top_k < 1:
+                raise ValueError(
+                    "a baked-in gallery needs at least one image and "
+                    f"top_k >= 1. Received: {len(gallery)} images, "
+                    f"top_k={top_k}")
+            self._top_k = min(int(top_k), len(gallery))
+            self.gallery_embeddings = tf.Variable(
+                gallery.embeddings, trainable=False, name="gallery_embeddings")
+            self.gallery_items = tf.Variable(
+                gallery.items, trainable=False, name="gallery_items")
+            self.gallery_ids = tf.Variable(
+                gallery.ids, trainable=False, name="gallery_ids")
         self.with_detector = detector is not None
         if self.with_detector:
             (self.detector, self._detect, self._detector_input,
@@ -175,6 +208,15 @@ class ServingModule(tf.Module):
             result[f"{attribute.name}_index"] = index
             result[f"{attribute.name}_value"] = tf.gather(names, index)
         result["embedding"] = out["embedding"]
+        if self.with_gallery:
+            query = tf.math.l2_normalize(out["embedding"], axis=-1)
+            scores = tf.matmul(query, self.gallery_embeddings,
+                               transpose_b=True)
+            top = tf.math.top_k(scores, k=self._top_k)
+            result.update(
+                retrieved_scores=top.values,
+                retrieved_items=tf.gather(self.gallery_items, top.indices),
+                retrieved_ids=tf.gather(self.gallery_ids, top.indices))
         return result
 
     def _serve_tensors(self, images):
@@ -227,7 +269,8 @@ def next_version(model_dir):
 
 def export_saved_model(net, schema, base_dir, model_name="mtct", version=None,
                        margin=0.0, detector=None, *,
-                       min_score=DEFAULT_MIN_SCORE, class_id=GARMENT_CLASS):
+                       min_score=DEFAULT_MIN_SCORE, class_id=GARMENT_CLASS,
+                       gallery=None, top_k=10):
     """Writes a TF Serving version directory for ``net``.
 
     The SavedModel is written into a hidden temporary directory beside the
@@ -245,6 +288,8 @@ def export_saved_model(net, schema, base_dir, model_name="mtct", version=None,
         detector: ``None`` or a detector SavedModel path (see the module
             docstring).
         min_score, class_id: detector box selection.
+        gallery, top_k: a ``retrieval.Gallery`` to search in the graph (see
+            the module docstring) and how many neighbours to return.
 
     Returns:
         The version directory path.
@@ -270,7 +315,8 @@ def export_saved_model(net, schema, base_dir, model_name="mtct", version=None,
             "Leave version=None for the next free one.")
     start = time.time()
     module = ServingModule(net, schema, margin=margin, detector=detector,
-                           min_score=min_score, class_id=class_id)
+                           min_score=min_score, class_id=class_id,
+                           gallery=gallery, top_k=top_k)
     tmp = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=model_dir)
     try:
         tf.saved_model.save(module, tmp, signatures=module.signatures())
@@ -289,7 +335,11 @@ def export_saved_model(net, schema, base_dir, model_name="mtct", version=None,
                 SIGNATURE_TENSORS: (f"images: float32 [B, {net.image_size}, "
                                     f"{net.image_size}, 3] in [0, 255]"),
             },
-            "outputs": output_keys(schema, with_detector=bool(detector)),
+            "outputs": output_keys(schema, with_detector=bool(detector),
+                                   with_gallery=gallery is not None),
+            "gallery": ({"images": len(gallery), "top_k": module._top_k,
+                         "info": gallery.info}
+                        if gallery is not None else None),
             "detector": os.path.abspath(detector) if detector else None,
             "margin": margin,
             "min_score": min_score if detector else None,

@@ -644,3 +644,47 @@ def test_export_cli(tmp_path):
     np.testing.assert_allclose(
         fn(images=tf.constant([good]))["sleeve_probabilities"].numpy(),
         ref["sleeve"], atol=TOL)
+
+
+def test_baked_gallery_returns_exact_search_top_k(tmp_path, exported):
+    """A gallery in the graph: the session loader (TF Serving's path)
+    returns the same neighbours and scores as exact search in NumPy."""
+    from mtct_tf import retrieval
+
+    net, _, _ = exported
+    encoded = more_photos()
+    crops, ref = keras_reference(net, encoded)
+    rng = np.random.default_rng(0)
+    # Gallery: the photos' own embeddings (each its own nearest) plus
+    # random distractors.
+    dim = ref["embedding"].shape[1]
+    emb = np.concatenate([ref["embedding"], rng.normal(size=(20, dim))])
+    n = len(emb)
+    gallery = retrieval.Gallery(emb, [f"img{i}" for i in range(n)],
+                                [f"item{i % 9}" for i in range(n)],
+                                {"model": "test"})
+    version_dir = export_lib.export_saved_model(
+        net, SCHEMA, str(tmp_path), gallery=gallery, top_k=4)
+    got = run_session(version_dir, export_lib.SIGNATURE_IMAGES, encoded)
+    assert sorted(got) == sorted(export_lib.output_keys(
+        SCHEMA, with_gallery=True))
+    want = retrieval.ExactSearch(gallery.embeddings).search(
+        ref["embedding"], 4)
+    indices, scores = want
+    np.testing.assert_array_equal(got["retrieved_ids"],
+                                  gallery.ids[indices])
+    np.testing.assert_array_equal(got["retrieved_items"],
+                                  gallery.items[indices])
+    np.testing.assert_allclose(got["retrieved_scores"], scores, atol=1e-4)
+    assert list(got["retrieved_ids"][:, 0]) == [
+        f"img{i}" for i in range(len(encoded))]
+    tensors = run_session(version_dir, export_lib.SIGNATURE_TENSORS, crops)
+    np.testing.assert_array_equal(tensors["retrieved_ids"],
+                                  got["retrieved_ids"])
+    _, info = export_lib.read_export_info(version_dir)
+    assert info["gallery"] == {"images": n, "top_k": 4,
+                               "info": {"model": "test"}}
+    small = retrieval.Gallery(emb[:2, :5], ["a", "b"], ["x", "y"])
+    with pytest.raises(ValueError, match="embedded by another model"):
+        export_lib.export_saved_model(net, SCHEMA, str(tmp_path),
+                                      gallery=small)
