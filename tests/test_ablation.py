@@ -185,3 +185,15 @@ def test_show_prints_the_table_and_verdicts_of_a_finished_run(tmp_path,
     assert "6 not separated" in out
     assert benchmark.main(["ablation", "--show", "--out",
                            str(tmp_path / "none")]) == 2
+
+
+def test_wall_times_of_the_invocations_that_trained_runs(tmp_path):
+    first = ablation.record_invocation(str(tmp_path), "cmd a", 41.5, 70)
+    assert [d["trained_runs"] for d in first] == [70]
+    # A report regenerated from finished runs adds no invocation...
+    again = ablation.record_invocation(str(tmp_path), "cmd a", 0.1, 0)
+    assert again == first
+    # ...and keeps the wall time of the one that trained them.
+    info = {"minutes": 0.1, "compute_minutes": 40.0, "invocations": again}
+    text = ablation._wall_times(info)
+    assert "`cmd a`: **41.5 min** (70 runs" in text

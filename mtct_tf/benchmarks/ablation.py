@@ -148,6 +148,11 @@ def control_arm(experiment, weight):
                experiment, 1.0, overrides)
 
 
+def _render_settings(workdir):
+    with open(os.path.join(workdir, "render.json")) as f:
+        return json.load(f)
+
+
 def _config(experiment, shards, seed, fraction, overrides):
     from mtct_tf import configs
 
@@ -336,12 +341,35 @@ def _timed_run(arm, shards, seed, base, overrides, **options):
                                             "done.json"))
     start = time.time()
     result = _run(arm, shards, seed, base, overrides, **options)
-    if not os.path.exists(path):
+    result["trained"] = not os.path.exists(path)
+    if result["trained"]:
         fileio.write_json(path, {"seconds": time.time() - start,
                                  "includes_shop_stage": not shop_done})
     with open(path) as f:
         result["seconds"] = json.load(f)["seconds"]
     return result
+
+
+INVOCATIONS = "invocations.jsonl"
+
+
+def record_invocation(workdir, command, minutes, trained):
+    """Appends an invocation that trained runs to ``<workdir>/invocations.jsonl``
+    and returns every recorded one (the report's wall times: a report
+    regenerated from finished runs keeps the time of the runs that made
+    them)."""
+    path = os.path.join(workdir, INVOCATIONS)
+    if trained:
+        with open(path, "a") as f:
+            f.write(json.dumps({
+                "command": command, "minutes": round(minutes, 2),
+                "trained_runs": trained,
+                "finished": time.strftime("%Y-%m-%d %H:%M UTC",
+                                          time.gmtime())}) + "\n")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
 
 
 def select_cross_weight(shards, base, overrides, fractions=FRACTIONS):
@@ -350,14 +378,15 @@ def select_cross_weight(shards, base, overrides, fractions=FRACTIONS):
     the fractions; ``loss_balance.select_weight``)."""
     from mtct_tf import loss_balance
 
-    scores, seconds = {}, 0.0
+    scores, seconds, trained = {}, 0.0, 0
     for weight in loss_balance.weight_grid(BALANCING_WEIGHT):
         for f in fractions:
             r = _timed_run(street_arm("mtct", "fc", f, weight), shards, 0,
                            base, overrides, split="val")
             scores.setdefault(weight, []).append(100 * r["mAP_cls"])
             seconds += r["seconds"]
-    return loss_balance.select_weight(scores), scores, seconds
+            trained += r["trained"]
+    return loss_balance.select_weight(scores), scores, seconds, trained
 
 
 def run(seeds=3, workdir="runs/benchmark", out_dir="docs", items=DATA_ITEMS,
@@ -393,12 +422,13 @@ def run(seeds=3, workdir="runs/benchmark", out_dir="docs", items=DATA_ITEMS,
         return os.path.join(workdir, f"seed{seed}")
 
     if cross_weight is None:
-        weight, grid, grid_seconds = select_cross_weight(
+        weight, grid, grid_seconds, grid_trained = select_cross_weight(
             shards, seed_dir(0), overrides)
         selection = {"rule": "best mean street-validation mAP_cls of MTCT "
                              "fc, seed 0, over the label fractions",
                      "scores": {f"{w:g}": v for w, v in grid.items()},
-                     "chosen": weight, "seconds": grid_seconds}
+                     "chosen": weight, "seconds": grid_seconds,
+                     "trained": grid_trained}
         print(f"cross-domain weight {weight:g} (street validation, seed 0: "
               + ", ".join(f"{w:g}: {np.mean(v):.2f}" for w, v in grid.items())
               + ")", flush=True)
@@ -407,8 +437,10 @@ def run(seeds=3, workdir="runs/benchmark", out_dir="docs", items=DATA_ITEMS,
         selection = {"rule": "given (--cross_weight)", "chosen": weight}
 
     per, seconds = {}, {}
+    trained = [0]
 
     def add(label, result):
+        trained[0] += result.pop("trained")
         per.setdefault(label, []).append(result)
         seconds[label] = seconds.get(label, 0.0) + result["seconds"]
 
@@ -455,6 +487,9 @@ def run(seeds=3, workdir="runs/benchmark", out_dir="docs", items=DATA_ITEMS,
     info = {
         "command": command,
         "minutes": minutes,
+        "invocations": record_invocation(
+            workdir, command, minutes,
+            trained[0] + selection.get("trained", 0)),
         "compute_minutes": (sum(seconds.values())
                             + selection.get("seconds", 0.0)) / 60,
         "machine": f"{platform.processor() or platform.machine()}, "
@@ -466,6 +501,7 @@ def run(seeds=3, workdir="runs/benchmark", out_dir="docs", items=DATA_ITEMS,
         "controls": [] if core else list(controls),
         "items": items,
         "render_seed": render_seed,
+        "render": _render_settings(workdir),
         "street_test_images": per["No-Adapt"][0]["num_images"],
         "chance": 100 * float(np.mean(
             [r["chance_mAP_cls"] for r in per["No-Adapt"]])),
@@ -746,6 +782,31 @@ def _save(fig, path):
     return path
 
 
+def _data_text(info):
+    r = info.get("render") or {}
+    text = f"{info['items']} items rendered with seed {info['render_seed']}"
+    if r:
+        text += (f" ({r['street_items']} of them with {r['street_per_item']}"
+                 f" street photos each; one shop image per item; "
+                 f"{r['image_size']} px photos; "
+                 f"{100 * r['missing_rate']:g}% of labels missing)")
+    return text
+
+
+def _wall_times(info):
+    """Which invocations trained the runs, and their wall times."""
+    done = info.get("invocations") or []
+    text = (f"This invocation took {info['minutes']:.1f} min; the runs took "
+            f"{info['compute_minutes']:.1f} min when they were trained "
+            "(finished runs are reused).")
+    if done:
+        text += " Wall time of the invocations that trained them: " + "; ".join(
+            f"`{d['command']}`: **{d['minutes']:.1f} min** "
+            f"({d['trained_runs']} runs, finished {d['finished']})"
+            for d in done) + "."
+    return text
+
+
 def write_report(data, out_dir):
     """Writes RESULTS.md, results/ablation.json and the plots; returns the
     Markdown file's path."""
@@ -776,15 +837,13 @@ def write_report(data, out_dir):
     verdicts = data["verdicts"]
     text = f"""# Results: is MTCT worth it? X-Domain-synth in the paper's regime
 
-Produced by `{info['command']}` in {info['minutes']:.1f} minutes of wall
-time on this machine ({info['machine']}; the runs themselves took
-{info['compute_minutes']:.1f} min when they ran; finished runs are reused),
-following the pre-registered protocol in
+Produced by `{info['command']}` on this machine ({info['machine']}).
+{_wall_times(info)}
+Following the pre-registered protocol in
 [docs/PROTOCOL.md](PROTOCOL.md) ({mode_text}). {info['seeds']} seeds,
 mean ± std over seeds (sample std), street test split
 ({info['street_test_images']} photos, annotated boxes), percentages.
-Data: {info['items']} items rendered with seed {info['render_seed']}, of
-which 10% carry 3 street photos each. Model: `small` MTN at 64 px. Budget:
+Data: {_data_text(info)}. Model: `small` MTN at 64 px. Budget:
 {info['budget']}.{controls} Per-attribute columns are class-level AP (SPEC
 §6). Chance mAP_cls (a predictor that ignores the image) is
 {info['chance']:.2f}.
