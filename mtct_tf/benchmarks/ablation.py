@@ -263,6 +263,10 @@ VERDICT_TEXT = {"better": "**MTCT better (separated)**",
                 "not separated": "**not separated**"}
 
 
+CONTRAST_TEXT = {
+    "better": "**MTCT's gain larger with fewer labels (separated)**",
+    "worse": "**MTCT's gain smaller with fewer labels (separated)**",
+    "not separated": "**not separated**"}
 LOSS_VERDICT_TEXT = {"better": "**above FTT (separated)**",
                      "worse": "**below FTT (separated)**",
                      "not separated": "**not separated**"}
@@ -316,14 +320,20 @@ def comparisons(per, metric=lambda r: 100 * r["mAP_cls"], fractions=FRACTIONS,
     return out
 
 
+def _verdict_text(p):
+    return (VERDICT_TEXT if p["fraction"] is not None
+            else CONTRAST_TEXT)[p["verdict"]]
+
+
 def verdict_lines(table):
     """One Markdown line per entry of ``comparisons``."""
     lines = []
     for p in table:
         where = (f"{_fraction_name(p['fraction'])} street labels"
                  if p["fraction"] is not None else "small-data contrast")
+        text = _verdict_text(p)
         lines.append(f"`{p['mode']}`, {where}: {p['what']} = "
-                     f"{_diff_cell(p)} → {VERDICT_TEXT[p['verdict']]}")
+                     f"{_diff_cell(p)} → {text}")
     return lines
 
 
@@ -685,8 +695,8 @@ def _replication_section(data):
         same += agree
         lines.append(
             f"| {p['mode']} | {where}: {p['what']} | {_diff_cell(q)} | "
-            f"{VERDICT_TEXT[q['verdict']]} | {_diff_cell(p)} | "
-            f"{VERDICT_TEXT[p['verdict']]} | {'yes' if agree else '**no**'} |")
+            f"{_verdict_text(q)} | {_diff_cell(p)} | "
+            f"{_verdict_text(p)} | {'yes' if agree else '**no**'} |")
     total = len(lines) - 6
     lines += ["", f"{same} of {total} verdicts agree.", ""]
     return "\n".join(lines)
