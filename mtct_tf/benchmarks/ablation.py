@@ -658,6 +658,23 @@ def _headline(data):
             "better, "
             f"{counts['worse']} MTCT worse, {counts['not separated']} not "
             "separated (paired differences over seeds, 95% t-interval).")
+    words = {"better": "separated", "worse": "separated, MTCT below",
+             "not separated": "not separated"}
+    for mode in MODES:
+        cells = [p for p in verdicts if p["mode"] == mode
+                 and p["what"] == "MTCT - FTT" and p["fraction"] is not None]
+        name = {"fc": "Fine-tuning the FC branches (`fc`)",
+                "all": "Fine-tuning every layer (`all`)"}[mode]
+        lines.append(
+            f"{name}: MTCT − FTT is " + ", ".join(
+                f"{p['mean']:+.2f} at {_fraction_name(p['fraction'])} "
+                f"({words[p['verdict']]})" for p in cells)
+            + " mAP_cls points; MTCT "
+            + _cell(summary[f"MTCT {mode} {cells[0]['fraction']:g}"]
+                    ["mAP_cls"])
+            + f" with {_fraction_name(cells[0]['fraction'])} of the labels "
+            f"against FTT {_cell(summary[f'FTT {mode} 1']['mAP_cls'])} with "
+            "all of them.")
     for mode in MODES:
         label = f"Oracle {mode}"
         if label in summary:
@@ -666,6 +683,17 @@ def _headline(data):
                 f"{_cell(summary[label]['mAP_cls'])} against FTT with every "
                 f"street label {_cell(summary[f'FTT {mode} 1']['mAP_cls'])} "
                 f"and No-Adapt {_cell(summary['No-Adapt']['mAP_cls'])}.")
+    for name in CONTROLS:
+        if name in summary:
+            s = summary[name]
+            best = max((f"MTCT {m} 1" for m in MODES),
+                       key=lambda k: summary[k]["mAP_cls"][0])
+            lines.append(
+                f"{name} (one-stage, 100% labels, {s['n']} seed"
+                f"{'s' if s['n'] > 1 else ''}, no verdict): "
+                f"{_cell(s['mAP_cls'], s['n'])} against MTCT "
+                f"(`{best.split()[1]}`, 100%) "
+                f"{_cell(summary[best]['mAP_cls'])}.")
     return lines
 
 
