@@ -122,6 +122,8 @@ def test_report_files_and_a_replication_beside_it(tmp_path):
                         weight={"chosen": 340.0})
     data = _data(per)
     data["replication"] = replication
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "notes.md").write_text("- read me\n")
     path = ablation.write_report(data, str(tmp_path))
     text = open(path).read()
     assert "| fc | 10% | 40.33 ± 2.52 |" in text
@@ -133,6 +135,7 @@ def test_report_files_and_a_replication_beside_it(tmp_path):
     assert "| fc | 10%: MTCT - FTT |" in text
     assert "8 of 10 verdicts agree." in text
     assert "(not run: `--losses` adds them)" in text
+    assert "## Reading the numbers (by hand, `results/notes.md`)\n\n- read me" in text
     for name in ("ablation", "ablation_small_data", "ablation_paired"):
         assert (tmp_path / "images" / f"{name}.png").stat().st_size > 1000
     saved = json.loads((tmp_path / "results" / "ablation.json").read_text())

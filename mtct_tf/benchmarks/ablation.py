@@ -820,6 +820,22 @@ def _save(fig, path):
     return path
 
 
+NOTES = "notes.md"
+
+
+def _notes(out_dir):
+    """``<out_dir>/results/notes.md``, written by hand, kept across
+    regenerations: readings of the numbers that the generator cannot
+    make."""
+    path = os.path.join(out_dir, "results", NOTES)
+    if not os.path.exists(path):
+        return ""
+    with open(path, encoding="utf-8") as f:
+        text = f.read().strip()
+    return (f"## Reading the numbers (by hand, `results/{NOTES}`)\n\n"
+            f"{text}\n\n")
+
+
 def _data_text(info):
     r = info.get("render") or {}
     text = f"{info['items']} items rendered with seed {info['render_seed']}"
@@ -897,7 +913,7 @@ Every cell (paired per-seed differences: mean ± std
 
 {chr(10).join('- ' + v for v in verdict_lines(verdicts['mAP_cls']))}
 
-{_replication_section(data)}
+{_replication_section(data)}{_notes(out_dir)}
 ## MTN and transfer learning (the paper's second table, 100% street labels)
 
 {_table(_paper_rows(summary), summary, with_attributes=True)}
