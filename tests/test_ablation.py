@@ -200,3 +200,28 @@ def test_wall_times_of_the_invocations_that_trained_runs(tmp_path):
     info = {"minutes": 0.1, "compute_minutes": 40.0, "invocations": again}
     text = ablation._wall_times(info)
     assert "`cmd a`: **41.5 min** (70 runs" in text
+
+
+def test_controls_plan_and_their_arms():
+    plan = ablation.parse_controls("ud:3:0.1/1,end_to_end", 1)
+    assert plan == {"ud": (3, (0.1, 1.0)), "end_to_end": (1, (1.0,))}
+    with pytest.raises(ValueError, match="NAME"):
+        ablation.parse_controls("mtct:3", 1)
+    # UD at 100% keeps its cached run's name; other fractions get theirs.
+    assert ablation.control_arm("ud", 1400.0).key == "ud"
+    assert ablation.control_arm("ud", 1400.0, 0.1).key == "ud_0.1"
+    assert ablation.control_arm("end_to_end", 1400.0).key == (
+        "end_to_end_1_w1400")
+    assert ablation.control_label("UD", 0.1) == "UD 0.1"
+
+
+def test_headline_compares_mtct_with_a_control_seed_by_seed():
+    zero = {f: [0.0, 0.0, 0.0] for f in ablation.FRACTIONS}
+    per = _per(zero, zero)
+    per["UD 0.1"] = [_result(0.3 + n) for n in (0.0, 0.03, -0.02)]
+    per["UD"] = [_result(0.9)]
+    lines = ablation._headline(_data(per))
+    ud10 = next(line for line in lines if line.startswith("UD (one-stage, 10%"))
+    assert "MTCT − UD +10.00 ± 0.00" in ud10 and "exploratory" in ud10
+    ud = next(line for line in lines if line.startswith("UD (one-stage, 100%"))
+    assert ud.endswith("(no verdict).")

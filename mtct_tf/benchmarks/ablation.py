@@ -140,12 +140,36 @@ def loss_arm(experiment, weight):
                ["street.finetune=fc", f"street.cross_domain.weight={weight:g}"])
 
 
-def control_arm(experiment, weight):
+def control_arm(experiment, weight, fraction=1.0):
     overrides = []
     if experiment == "end_to_end":
         overrides.append(f"street.cross_domain.weight={weight:g}")
-    return Arm(f"{experiment}_1_w{weight:g}" if overrides else experiment,
-               experiment, 1.0, overrides)
+    key = (f"{experiment}_{fraction:g}_w{weight:g}" if overrides
+           else experiment if fraction == 1 else f"{experiment}_{fraction:g}")
+    return Arm(key, experiment, fraction, overrides)
+
+
+def control_label(name, fraction):
+    return name if fraction == 1 else f"{name} {fraction:g}"
+
+
+def parse_controls(text, default_seeds):
+    """``"ud:3:0.1/1,end_to_end"`` -> ``{"ud": (3, (0.1, 1.0)),
+    "end_to_end": (default_seeds, (1.0,))}``: each one-stage control with
+    its number of seeds and its label fractions."""
+    out = {}
+    for entry in filter(None, text.split(",")):
+        parts = entry.split(":")
+        name = parts[0]
+        if name not in CONTROLS.values() or len(parts) > 3:
+            raise ValueError(
+                f"--controls {entry!r}: expected NAME[:SEEDS[:F1/F2...]] "
+                f"with NAME one of {sorted(CONTROLS.values())}")
+        seeds = int(parts[1]) if len(parts) > 1 else default_seeds
+        fractions = (tuple(sorted(float(f) for f in parts[2].split("/")))
+                     if len(parts) > 2 else (1.0,))
+        out[name] = (seeds, fractions)
+    return out
 
 
 def _render_settings(workdir):
@@ -476,12 +500,17 @@ def run(seeds=3, workdir="runs/benchmark", out_dir="docs", items=DATA_ITEMS,
               flush=True)
     if not core:
         # The one-stage controls last: each costs one to four shop stages.
-        for seed in range(min(seeds, control_seeds)):
+        plan = (controls if isinstance(controls, dict)
+                else {c: (control_seeds, (1.0,)) for c in controls})
+        for seed in range(seeds):
             for name, experiment in CONTROLS.items():
-                if experiment not in controls:
+                n, control_fractions = plan.get(experiment, (0, ()))
+                if seed >= n:
                     continue
-                add(name, _timed_run(control_arm(experiment, weight), shards,
-                                     seed, seed_dir(seed), overrides))
+                for f in control_fractions:
+                    add(control_label(name, f), _timed_run(
+                        control_arm(experiment, weight, f), shards, seed,
+                        seed_dir(seed), overrides))
         print(f"controls done after {(time.time() - start) / 60:.1f} min",
               flush=True)
 
@@ -509,6 +538,9 @@ def run(seeds=3, workdir="runs/benchmark", out_dir="docs", items=DATA_ITEMS,
         "core": core,
         "fractions": list(fractions),
         "controls": [] if core else list(controls),
+        "control_plan": ({} if core or not isinstance(controls, dict)
+                         else {k: [v[0], list(v[1])]
+                               for k, v in controls.items()}),
         "items": items,
         "render_seed": render_seed,
         "render": _render_settings(workdir),
@@ -683,17 +715,31 @@ def _headline(data):
                 f"{_cell(summary[label]['mAP_cls'])} against FTT with every "
                 f"street label {_cell(summary[f'FTT {mode} 1']['mAP_cls'])} "
                 f"and No-Adapt {_cell(summary['No-Adapt']['mAP_cls'])}.")
+    per_seed = data.get("per_seed", {})
     for name in CONTROLS:
-        if name in summary:
-            s = summary[name]
-            best = max((f"MTCT {m} 1" for m in MODES),
+        for f in sorted({float(k.split()[-1]) for k in summary
+                         if k.startswith("MTCT ") and "," not in k}):
+            label = control_label(name, f)
+            if label not in summary:
+                continue
+            s = summary[label]
+            best = max((f"MTCT {m} {f:g}" for m in MODES),
                        key=lambda k: summary[k]["mAP_cls"][0])
-            lines.append(
-                f"{name} (one-stage, 100% labels, {s['n']} seed"
-                f"{'s' if s['n'] > 1 else ''}, no verdict): "
-                f"{_cell(s['mAP_cls'], s['n'])} against MTCT "
-                f"(`{best.split()[1]}`, 100%) "
-                f"{_cell(summary[best]['mAP_cls'])}.")
+            text = (f"{name} (one-stage, {_fraction_name(f)} labels, "
+                    f"{s['n']} seed{'s' if s['n'] > 1 else ''}): "
+                    f"{_cell(s['mAP_cls'], s['n'])} against MTCT "
+                    f"(`{best.split()[1]}`, {_fraction_name(f)}) "
+                    f"{_cell(summary[best]['mAP_cls'])}")
+            mine = [100 * r["mAP_cls"] for r in per_seed.get(best, [])]
+            theirs = [100 * r["mAP_cls"] for r in per_seed.get(label, [])]
+            if len(theirs) > 1:
+                p = paired(mine[:len(theirs)], theirs)
+                text += (f"; MTCT − {name} {_diff_cell(p)} → "
+                         f"{VERDICT_TEXT[p['verdict']]} (exploratory: this "
+                         "comparison is not in the protocol)")
+            else:
+                text += " (no verdict)"
+            lines.append(text + ".")
     return lines
 
 
@@ -886,6 +932,12 @@ def write_report(data, out_dir):
         controls = (f" The one-stage controls ({', '.join(names)}) ran on "
                     f"{info['control_seeds']} seed(s) only (their cost; see "
                     "the protocol).")
+        plan = info.get("control_plan") or {}
+        if plan:
+            controls = " One-stage controls (their cost; see the protocol): " + "; ".join(
+                f"{n} on {plan[e][0]} seed(s) at "
+                + "/".join(_fraction_name(f) for f in plan[e][1]) + " labels"
+                for n, e in CONTROLS.items() if e in plan) + "."
     mode_text = ("replication: No-Adapt, FTT and MTCT only"
                  if info["core"] else "every arm of the protocol")
     verdicts = data["verdicts"]
@@ -1009,9 +1061,10 @@ def add_arguments(parser):
                         help="seeds on which the one-stage controls run")
     parser.add_argument(
         "--controls", default=",".join(DEFAULT_CONTROLS),
-        help="one-stage controls, comma-separated, of "
-             f"{','.join(CONTROLS.values())} (default %(default)s: "
-             "end-to-end costs ~4 shop stages)")
+        help="one-stage controls, comma-separated, each NAME[:SEEDS[:F1/F2"
+             f"...]] with NAME of {','.join(CONTROLS.values())}, SEEDS "
+             "default --control_seeds, label fractions default 1 (default "
+             "%(default)s; end-to-end costs ~4 shop stages)")
     parser.add_argument(
         "--replication", default=None, metavar="ABLATION_JSON",
         help="another run's results/ablation.json (e.g. on another render "
@@ -1051,7 +1104,7 @@ def add_arguments(parser):
             items=args.items, overrides=args.override, command=command,
             render_seed=args.render_seed, cross_weight=args.cross_weight,
             core=args.core, control_seeds=args.control_seeds,
-            controls=tuple(c for c in args.controls.split(",") if c),
+            controls=parse_controls(args.controls, args.control_seeds),
             losses=args.losses,
             fractions=tuple(sorted(float(f) for f in args.fractions.split(","))),
             replication=args.replication)
