@@ -216,10 +216,11 @@ def annotate(encoded, prediction, path):
     Returns:
         ``path``.
     """
-    from PIL import Image, ImageDraw
+    from PIL import Image, ImageDraw, ImageOps
 
     with Image.open(io.BytesIO(encoded)) as im:
-        photo = im.convert("RGB")
+        # Upright, as the serving graph saw it (its box is in these pixels).
+        photo = ImageOps.exif_transpose(im).convert("RGB")
     w, h = photo.size
     scale = max(1, math.ceil(ANNOTATION_SIDE / max(w, h)))
     photo = photo.resize((w * scale, h * scale), Image.NEAREST)

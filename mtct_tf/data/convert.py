@@ -41,7 +41,7 @@ import numpy as np
 from PIL import Image
 
 from mtct_tf import attributes, fileio
-from mtct_tf.data import features, shards
+from mtct_tf.data import exif, features, shards
 from mtct_tf.data.manifest import ManifestError, read_manifest
 from mtct_tf.data.shards import SHARD_RE, shard_name  # noqa: F401
 
@@ -256,13 +256,17 @@ def load_image(entry, *, manifest_path, resize=None, max_pixels=MAX_PIXELS):
             fmt, mode = img.format, img.mode
             img.verify()
             # verify() leaves the image unusable: open it again to decode.
+            # (It must come first: reading the EXIF block before it breaks
+            # it.)
             img = Image.open(io.BytesIO(data))
+            orientation = exif.pil_orientation(img)
             scale = None
             if resize is not None and min(width, height) > resize:
                 scale = resize / min(width, height)
                 new_size = (max(1, round(width * scale)),
                             max(1, round(height * scale)))
-            keep = scale is None and mode == "RGB" and fmt in ("JPEG", "PNG")
+            keep = (scale is None and mode == "RGB" and fmt in ("JPEG", "PNG")
+                    and orientation == 1)
             if fmt == "JPEG" and (keep or scale is not None):
                 # A JPEG can be decoded at 1/2 .. 1/8 scale in the DCT
                 # domain, about twice as fast; truncation is still caught.
@@ -292,6 +296,16 @@ def load_image(entry, *, manifest_path, resize=None, max_pixels=MAX_PIXELS):
         return entry, data, fmt.lower(), height, width, False
 
     img = _to_rgb(img)
+    if orientation != 1:
+        # Stored upright, so that no reader has to honour the tag; the box
+        # (given in the stored image) turns with the pixels.
+        if bbox is not None:
+            bbox = exif.transpose_box(bbox, orientation, width, height)
+        img = img.transpose(exif.PIL_TRANSPOSE[orientation])
+        if orientation >= 5:
+            width, height = height, width
+        if scale is not None:
+            new_size = new_size[::-1]
     if scale is not None:
         new_w, new_h = new_size
         img = img.resize((new_w, new_h), Image.BICUBIC)

@@ -23,7 +23,7 @@ import re
 import tensorflow as tf
 
 from mtct_tf import attributes
-from mtct_tf.data import convert, features
+from mtct_tf.data import convert, exif, features
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -248,6 +248,9 @@ def declared_pixels(encoded):
 def decode_image(encoded, max_pixels=convert.MAX_PIXELS):
     """Decodes JPEG / PNG (colour or greyscale) bytes to uint8 [H, W, 3].
 
+    A JPEG's EXIF orientation is applied (``exif.orient``), so the pixels
+    are upright as a viewer shows them.
+
     Raises ``InvalidArgumentError`` (when run) for bytes that are not an
     image, and, before decoding, for an image whose header declares more
     than ``max_pixels`` pixels: a small file can declare a canvas that
@@ -262,7 +265,9 @@ def decode_image(encoded, max_pixels=convert.MAX_PIXELS):
         image = tf.io.decode_image(encoded, channels=3, dtype=tf.uint8,
                                    expand_animations=False)
     image.set_shape([None, None, 3])
-    return image
+    # Turned as a viewer shows it: a phone photo stored sideways with an
+    # EXIF tag gets the answer of its upright twin (data/exif.py).
+    return exif.orient(image, exif.jpeg_orientation(encoded))
 
 
 def crop_and_resize(image, bbox, image_size, margin=0.0, square=True):
