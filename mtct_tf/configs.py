@@ -61,6 +61,14 @@ class DataConfig:
     # Triplet negatives: "random" item, or "hard" = same garment category.
     negatives: str = "random"
     cache: bool = False
+    # Training framing (pipeline.frame): "box" jitters the garment box
+    # without cutting the garment; "crop" takes random resized crops of at
+    # least crop_min_area of the box region (whole photos).
+    augment: str = "box"
+    crop_min_area: float = 0.25
+    # 0, or decode each image once and keep it in memory with its shorter
+    # side at most this many pixels (pipeline.make_dataset's decode_cache).
+    decode_cache: int = 0
 
 
 @dataclasses.dataclass
@@ -150,6 +158,8 @@ class ExperimentConfig:
              ("random", "hard")),
             (self.data.street_labels in ("own", "pair"),
              "data.street_labels", ("own", "pair")),
+            (self.data.augment in ("box", "crop"), "data.augment",
+             ("box", "crop")),
             (self.runtime.strategy in
              ("default", "mirrored", "multi_worker", "tpu"),
              "runtime.strategy",
@@ -181,6 +191,11 @@ class ExperimentConfig:
                 "street.cross_domain.kind none). Received: method="
                 f"{self.method!r}, street.cross_domain.kind="
                 f"{self.street.cross_domain.kind!r}")
+        if not 0 < self.data.crop_min_area <= 1 or self.data.decode_cache < 0:
+            raise ConfigError(
+                "data.crop_min_area must be in (0, 1] and data.decode_cache "
+                f">= 0. Received: {self.data.crop_min_area}, "
+                f"{self.data.decode_cache}")
         if not 0 < self.data.street_label_fraction <= 1:
             raise ConfigError(
                 "data.street_label_fraction must be in (0, 1]. Received: "

@@ -207,14 +207,16 @@ class _Records:
         self.street = {s: pipeline.shard_files(street_dir(config), s)
                        for s in ("train", "val")}
         self.common = dict(image_size=d.image_size, batch_size=d.batch_size,
-                           margin=d.margin, seed=config.seed)
+                           margin=d.margin, seed=config.seed,
+                           augment=d.augment, min_area=d.crop_min_area)
 
     def plain(self, files, training, domain, fraction=1.0):
         d = self.d
         return distribute.shard_dataset(pipeline.make_dataset(
             files, self.schema, training=training, domain=domain,
             shuffle_buffer=d.shuffle_buffer, label_fraction=fraction,
-            cache=d.cache and not training, **self.common), len(files),
+            cache=d.cache and not training, decode_cache=d.decode_cache,
+            **self.common), len(files),
             self.strategy)
 
     def triplet(self, training, fraction):

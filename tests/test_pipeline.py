@@ -415,3 +415,86 @@ def test_box_jitter_keeps_aspect_and_the_whole_garment():
         assert rows[0] > 0 and rows[-1] < 49 and cols[0] > 0 and cols[-1] < 49
         assert (rows[-1] - rows[0] + 1) / (cols[-1] - cols[0] + 1) == (
             pytest.approx(2.0, rel=0.12))
+
+
+def test_random_resized_crop_stays_in_the_region_and_varies():
+    """``augment="crop"``: crops of the box region, of at least
+    ``min_area`` of it, different per seed, reproducible per seed."""
+    image = np.full((120, 90, 3), 128, np.uint8)
+    # Four coloured quadrants inside the box rows 20-100, columns 10-70.
+    image[20:60, 10:40] = COLOURS["red"]
+    image[20:60, 40:70] = COLOURS["green"]
+    image[60:100, 10:40] = COLOURS["blue"]
+    image[60:100, 40:70] = COLOURS["white"]
+    box = tf.constant([20 / 120, 10 / 90, 100 / 120, 70 / 90])
+    outs = []
+    for s in range(20):
+        seed = tf.constant([s, 3], tf.int64)
+        out = pipeline.random_resized_crop(image, box, 16, 0.0, seed,
+                                           min_area=0.3).numpy()
+        again = pipeline.random_resized_crop(image, box, 16, 0.0, seed,
+                                             min_area=0.3).numpy()
+        np.testing.assert_array_equal(out, again)
+        # Nothing of the grey outside the box.
+        grey = np.all(np.abs(out - 128) < 20, axis=-1)
+        assert not grey.any()
+        outs.append(out)
+    # (Two crops inside one flat quadrant may coincide.)
+    assert len({o.tobytes() for o in outs}) >= 15
+    # The whole region when min_area is 1 (aspect 60 / 80 is in range).
+    whole = pipeline.random_resized_crop(image, box, 16, 0.0,
+                                         tf.constant([0, 0], tf.int64),
+                                         min_area=1.0).numpy()
+    expected = pipeline.crop_and_resize(image, box, 16, square=False).numpy()
+    np.testing.assert_allclose(whole, expected, atol=1e-4)
+
+
+def test_crop_augmentation_through_make_dataset(tiny_shards):
+    _, out, _ = tiny_shards
+    kwargs = dict(split="train", image_size=8, batch_size=4, training=True,
+                  seed=5, shuffle_buffer=8, augment="crop", min_area=0.5)
+    a = next(iter(pipeline.make_dataset(out, **kwargs)))[0].numpy()
+    b = next(iter(pipeline.make_dataset(out, **kwargs)))[0].numpy()
+    np.testing.assert_array_equal(a, b)
+    box = next(iter(pipeline.make_dataset(
+        out, **{**kwargs, "augment": "box"})))[0].numpy()
+    assert not np.array_equal(a, box)
+    with pytest.raises(ValueError, match="augment must be one of"):
+        pipeline.make_dataset(out, **{**kwargs, "augment": "mixup"})
+
+
+def test_shrink_keeps_small_images_and_scales_large_ones():
+    # Smooth content (noise enlarged 5x), so that any fair downscale of it
+    # is about the mean of each 2 x 2 block.
+    noise = np.random.RandomState(0).randint(0, 255, (8, 6, 3), np.uint8)
+    image = np.asarray(Image.fromarray(noise).resize((30, 40),
+                                                     Image.BICUBIC))
+    np.testing.assert_array_equal(pipeline.shrink(image, 30.0).numpy(), image)
+    np.testing.assert_array_equal(pipeline.shrink(image, 64.0).numpy(), image)
+    small = pipeline.shrink(image, 15.0).numpy()
+    assert small.shape == (20, 15, 3) and small.dtype == np.uint8
+    blocks = image.reshape(20, 2, 15, 2, 3).mean((1, 3))
+    assert np.abs(small - blocks).mean() < 3
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_decode_cache_gives_the_decoded_images(tiny_shards, training):
+    """With a cache side above every image's, the cached pipeline yields
+    exactly what decoding every epoch yields, and the same twice."""
+    _, out, _ = tiny_shards
+    kwargs = dict(split="train", image_size=8, batch_size=4,
+                  training=training, seed=3, shuffle_buffer=8)
+    plain = list(pipeline.make_dataset(out, **kwargs).take(4))
+    ds = pipeline.make_dataset(out, decode_cache=64, **kwargs)
+    cached = list(ds.take(4))
+    for (a, la), (b, lb) in zip(plain, cached):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+        np.testing.assert_array_equal(la["colour"], lb["colour"])
+    if not training:
+        np.testing.assert_array_equal(
+            next(iter(ds))[0].numpy(), cached[0][0].numpy())
+    # A smaller side shrinks the cached pixels: close, not equal.
+    shrunk = next(iter(pipeline.make_dataset(out, decode_cache=16,
+                                             **kwargs)))[0].numpy()
+    assert not np.array_equal(shrunk, plain[0][0].numpy())
+    assert np.abs(shrunk - plain[0][0].numpy()).mean() < 25

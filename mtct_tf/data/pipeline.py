@@ -51,6 +51,16 @@ CHANNEL_GAIN_JITTER = 0.08
 # id reduced to this many buckets.
 _FRACTION_BUCKETS = 1_000_000
 _FULL_BOX = (0.0, 0.0, 1.0, 1.0)
+# Framing augmentations of ``frame`` (training only).
+BOX, CROP = "box", "crop"
+AUGMENTATIONS = (BOX, CROP)
+# Random resized crops (``augment="crop"``): at least this fraction of the
+# region's area, width / height in this range. Inception's crop takes
+# 0.08 of the area and more, for ImageNet objects that may fill a corner;
+# a garment photo is mostly garment, and a crop of 8% would show a button
+# or a seam and no category.
+CROP_MIN_AREA = 0.25
+CROP_ASPECT_RANGE = (3 / 4, 4 / 3)
 _READ_BUFFER = 2**20  # Bytes per open shard: a few dozen records.
 # Temporary shards: ours (``.<shard>.tmp``) and ``<shard>.tmp-<pid>``.
 _TMP_RE = re.compile(r"^\.?(?P<split>[a-z]+)-\d{5}-of-\d{5}\.tfrecord\.tmp")
@@ -387,33 +397,113 @@ def _element_seed(record, seed):
     return tf.bitwise.bitwise_xor(draw, tf.stack([ident, ident // 3]))
 
 
-def preprocess(encoded, bbox, *, image_size, training, margin=0.1, seed=None):
+def preprocess(encoded, bbox, *, image_size, training, margin=0.1, seed=None,
+               augment=BOX, min_area=CROP_MIN_AREA):
     """Decodes, crops and resizes one image; augments it when training.
 
-    Args:
-        encoded: scalar string tensor, JPEG or PNG bytes.
-        bbox: float [4] ``ymin, xmin, ymax, xmax`` normalised ([0, 0, 1, 1]
-            for the whole image).
-        image_size: output side ``S``.
-        training: Python bool; adds box jitter (aspect-preserving, never
-            cutting the garment), random horizontal flip and colour jitter
-            (``colour_jitter``; constants at the top of this module).
-        margin: context around the box (see ``crop_and_resize``).
-        seed: ``None`` (random), an int, or an int [2] tensor: the
-            augmentation is a deterministic function of it.
+    ``decode_image`` then ``frame``: see ``frame`` for the arguments.
 
     Returns:
         float32 [S, S, 3] in [0, 255].
     """
-    image = decode_image(encoded)
+    return frame(decode_image(encoded), bbox, image_size=image_size,
+                 training=training, margin=margin, seed=seed,
+                 augment=augment, min_area=min_area)
+
+
+def frame(image, bbox, *, image_size, training, margin=0.1, seed=None,
+          augment=BOX, min_area=CROP_MIN_AREA):
+    """Crops and resizes one decoded image; augments it when training.
+
+    Args:
+        image: uint8 (or float) [H, W, 3] image.
+        bbox: float [4] ``ymin, xmin, ymax, xmax`` normalised ([0, 0, 1, 1]
+            for the whole image).
+        image_size: output side ``S``.
+        training: Python bool; adds the framing augmentation ``augment``,
+            a random horizontal flip and colour jitter (``colour_jitter``;
+            constants at the top of this module).
+        margin: context around the box (see ``crop_and_resize``).
+        seed: ``None`` (random), an int, or an int [2] tensor: the
+            augmentation is a deterministic function of it.
+        augment: ``"box"``: the box is jittered in scale and position
+            without ever cutting the garment (for attributes read from the
+            whole garment, on boxed records); ``"crop"``: an Inception-style
+            random resized crop of the box (plus margin) region, of
+            ``min_area`` to all of its area and aspect ratio 3/4 to 4/3
+            (for whole photos, where the box is the photo and parts of it
+            are background).
+        min_area: the smallest area fraction of a ``"crop"`` crop.
+
+    Returns:
+        float32 [S, S, 3] in [0, 255].
+    """
+    if augment not in AUGMENTATIONS:
+        raise ValueError(f"augment must be one of {AUGMENTATIONS}. "
+                         f"Received: augment={augment!r}")
     if not training:
         return crop_and_resize(image, bbox, image_size, margin)
     seeds = tf.random.split(_seed_pair(seed), num=3)
-    bbox = _jitter_box(bbox, seeds[0])
-    out = crop_and_resize(image, bbox, image_size, margin)
+    if augment == BOX:
+        out = crop_and_resize(image, _jitter_box(bbox, seeds[0]),
+                              image_size, margin)
+    else:
+        out = random_resized_crop(image, bbox, image_size, margin, seeds[0],
+                                  min_area)
     flip = tf.random.stateless_uniform([], seeds[1]) < 0.5
     out = tf.cond(flip, lambda: tf.reverse(out, axis=[1]), lambda: out)
     return colour_jitter(out, seeds[2])
+
+
+def random_resized_crop(image, bbox, image_size, margin, seed,
+                        min_area=CROP_MIN_AREA):
+    """An Inception-style random crop of a box region, resized to S x S.
+
+    The region is the box enlarged by ``margin`` (clipped to the image);
+    the crop covers ``min_area`` to all of the region's area with a width /
+    height ratio in [3/4, 4/3] (``tf.image.stateless_sample_distorted_
+    bounding_box``; the whole region when no such crop fits in 10 tries).
+
+    Returns:
+        float32 [S, S, C].
+    """
+    image = tf.convert_to_tensor(image)
+    shape = tf.shape(image)
+    h, w = tf.cast(shape[0], tf.float32), tf.cast(shape[1], tf.float32)
+    ymin, xmin, ymax, xmax = tf.unstack(tf.cast(bbox, tf.float32))
+    dy, dx = margin * (ymax - ymin), margin * (xmax - xmin)
+    y0 = tf.clip_by_value(tf.cast(tf.round((ymin - dy) * h), tf.int32), 0,
+                          shape[0] - 1)
+    x0 = tf.clip_by_value(tf.cast(tf.round((xmin - dx) * w), tf.int32), 0,
+                          shape[1] - 1)
+    y1 = tf.clip_by_value(tf.cast(tf.round((ymax + dy) * h), tf.int32),
+                          y0 + 1, shape[0])
+    x1 = tf.clip_by_value(tf.cast(tf.round((xmax + dx) * w), tf.int32),
+                          x0 + 1, shape[1])
+    region = image[y0:y1, x0:x1]
+    begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+        tf.shape(region), tf.constant([[_FULL_BOX]], tf.float32),
+        seed=tf.cast(seed, tf.int64), min_object_covered=0.0,
+        aspect_ratio_range=CROP_ASPECT_RANGE, area_range=(min_area, 1.0),
+        max_attempts=10, use_image_if_no_bounding_boxes=True)
+    crop = tf.slice(region, begin, size)
+    out = tf.image.resize(crop, [image_size, image_size], method="bilinear",
+                          antialias=False)
+    return tf.cast(out, tf.float32)
+
+
+def shrink(image, max_short_side):
+    """Scales an image down so its shorter side is ``max_short_side``.
+
+    Never enlarges; antialiased (area-like) downscaling, rounded back to
+    uint8. Normalised boxes are unchanged by it.
+    """
+    shape = tf.shape(image)
+    h, w = tf.cast(shape[0], tf.float32), tf.cast(shape[1], tf.float32)
+    scale = tf.minimum(1.0, max_short_side / tf.minimum(h, w))
+    size = tf.cast(tf.round(tf.stack([h, w]) * scale), tf.int32)
+    small = tf.image.resize(image, tf.maximum(size, 1), antialias=True)
+    return tf.cast(tf.clip_by_value(tf.round(small), 0, 255), tf.uint8)
 
 
 def item_kept(item_id, label_fraction):
@@ -458,7 +548,8 @@ def make_dataset(shards, schema=None, *, image_size, batch_size, training,
                  split=None, domain=None, crop_to_bbox=True, margin=0.1,
                  shuffle_buffer=2048, seed=None, repeat=None,
                  with_meta=False, drop_remainder=None, label_fraction=1.0,
-                 cache=False):
+                 cache=False, augment=BOX, min_area=CROP_MIN_AREA,
+                 decode_cache=0):
     """The tf.data pipeline of a set of shards.
 
     Args:
@@ -496,6 +587,14 @@ def make_dataset(shards, schema=None, *, image_size, batch_size, training,
             parsed, filtered records (encoded bytes, before decoding and
             augmentation). Off by default: a split is never held in memory
             unless asked.
+        augment, min_area: the training framing augmentation (``frame``).
+        decode_cache: 0, or a side in pixels: decode every image once,
+            shrink it so that its shorter side is at most this
+            (``shrink``) and keep the uint8 pixels in memory; later epochs
+            crop and augment them without decoding again. Decoding a phone
+            photo costs more than a small network's step on it; keep the
+            side at or above ``image_size`` over the square root of the
+            smallest crop area, or crops lose resolution.
 
     Returns:
         A ``tf.data.Dataset`` of ``(images, labels)`` or ``(images, labels,
@@ -523,6 +622,10 @@ def make_dataset(shards, schema=None, *, image_size, batch_size, training,
                          f"label_fraction={label_fraction!r}")
     if margin < 0:
         raise ValueError(f"margin must be >= 0. Received: margin={margin!r}")
+    if augment not in AUGMENTATIONS or not 0.0 < min_area <= 1.0:
+        raise ValueError(
+            f"augment must be one of {AUGMENTATIONS} and min_area in (0, 1]."
+            f" Received: augment={augment!r}, min_area={min_area!r}")
     files = _resolve_files(shards, split)
     if schema is None:
         if not (isinstance(shards, (str, os.PathLike))
@@ -552,7 +655,16 @@ def make_dataset(shards, schema=None, *, image_size, batch_size, training,
         ds = ds.filter(lambda r: tf.equal(r["domain"], domain))
     if label_fraction < 1.0:
         ds = ds.filter(lambda r: item_kept(r["item_id"], label_fraction))
-    if cache:
+    if decode_cache:
+        def decoded(record):
+            record = dict(record)
+            record["image"] = shrink(decode_image(record.pop("encoded")),
+                                     float(decode_cache))
+            return record
+
+        ds = ds.map(decoded, num_parallel_calls=AUTOTUNE,
+                    deterministic=deterministic).cache()
+    elif cache:
         ds = ds.cache("" if cache is True else os.fspath(cache))
     if training and shuffle_buffer > 1:
         ds = ds.shuffle(shuffle_buffer, seed=seed,
@@ -571,9 +683,12 @@ def make_dataset(shards, schema=None, *, image_size, batch_size, training,
 
     def to_example(record, element_seed=None):
         bbox = record["bbox"] if crop_to_bbox else tf.constant(_FULL_BOX)
-        image = preprocess(
-            record["encoded"], bbox, image_size=image_size, training=training,
+        image = record["image"] if decode_cache else decode_image(
+            record["encoded"])
+        image = frame(
+            image, bbox, image_size=image_size, training=training,
             margin=margin if crop_to_bbox else 0.0, seed=element_seed,
+            augment=augment, min_area=min_area,
         )
         if not with_meta:
             return image, record["labels"]

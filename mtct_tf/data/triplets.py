@@ -84,7 +84,8 @@ def make_triplet_dataset(street_files, shop_files, schema, *, image_size,
                          batch_size, training, negatives="random", margin=0.1,
                          label_fraction=1.0, seed=None, repeat=None,
                          shuffle_buffer=2048, drop_remainder=None,
-                         keep_unlabelled=True):
+                         keep_unlabelled=True, augment=pipeline.BOX,
+                         min_area=pipeline.CROP_MIN_AREA):
     """Batches of ``({"image", "positive", "negative"}, {"street", "shop"})``.
 
     Args:
@@ -106,6 +107,8 @@ def make_triplet_dataset(street_files, shop_files, schema, *, image_size,
         repeat: repeat forever (default: ``training``).
         shuffle_buffer: street records held for shuffling.
         drop_remainder: default ``training``.
+        augment, min_area: the training framing of every image
+            (``pipeline.frame``).
 
     Returns:
         A ``tf.data.Dataset``. Street records whose item has no shop image
@@ -142,6 +145,7 @@ def make_triplet_dataset(street_files, shop_files, schema, *, image_size,
         shuffle_buffer=shuffle_buffer, seed=seed, repeat=repeat,
         with_meta=True, drop_remainder=False,
         label_fraction=1.0 if keep_unlabelled else label_fraction,
+        augment=augment, min_area=min_area,
     ).unbatch()
     hide = keep_unlabelled and label_fraction < 1.0
 
@@ -161,7 +165,8 @@ def make_triplet_dataset(street_files, shop_files, schema, *, image_size,
         else:
             # Any other item: shift by 1..n-1 so it is never the positive.
             neg = (pos + 1 + rng[0] % (n_items - 1)) % n_items
-        prep = dict(image_size=image_size, training=training, margin=margin)
+        prep = dict(image_size=image_size, training=training, margin=margin,
+                    augment=augment, min_area=min_area)
         x = {
             "image": image,
             "positive": pipeline.preprocess(
