@@ -4,12 +4,16 @@
 ``BestWeights``   the weights with the best validation value, kept across
                   resumes.
 ``CompactProgbar`` the progress bar with the losses and mean accuracy only.
+``EpochSeconds``  each epoch's wall time (with its validation) in the logs.
+``TimeBudget``    stops a stage after a wall-clock budget, publishing the
+                  elapsed share of it to the learning-rate decay.
 """
 
 import json
 import math
 import os
 import sys
+import time
 
 import keras
 
@@ -124,3 +128,51 @@ class CompactProgbar(keras.callbacks.ProgbarLogger):
 
     def on_epoch_end(self, epoch, logs=None):
         super().on_epoch_end(epoch, self._compact(logs))
+
+
+class EpochSeconds(keras.callbacks.Callback):
+    """Adds ``epoch_seconds``, the epoch's wall time, to the epoch's logs.
+
+    Placed before ``CSVLogger``, it becomes a column of history.csv, from
+    which accuracy-against-time curves are drawn (the cumulative sum is the
+    stage's training time; an epoch interrupted by a kill and repeated after
+    the resume is counted once, as the repeat).
+    """
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["epoch_seconds"] = round(time.perf_counter() - self._start,
+                                          3)
+
+
+class TimeBudget(keras.callbacks.Callback):
+    """Stops training once ``seconds`` have passed since it began.
+
+    Before every batch the elapsed share of the budget (0 to 1) is written
+    into ``progress`` (a float32 ``tf.Variable``), which the learning-rate
+    schedule reads (``training.make_optimizer``), so the decay completes
+    when the budget does. The epoch in which the budget runs out ends after
+    its current batch and is validated as usual.
+    """
+
+    def __init__(self, seconds, progress):
+        super().__init__()
+        self.seconds, self.progress = float(seconds), progress
+        self.stopped_early = False
+
+    def _elapsed(self):
+        return time.perf_counter() - self._start
+
+    def on_train_begin(self, logs=None):
+        self._start = time.perf_counter()
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.progress.assign(min(1.0, self._elapsed() / self.seconds))
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self._elapsed() >= self.seconds:
+            self.model.stop_training = True
+            self.stopped_early = True

@@ -104,6 +104,11 @@ class StageConfig:
     optimizer: str = "adam"
     weight_decay: float = 0.0
     validation_steps: int = 0  # 0: the whole validation split.
+    # 0: no limit. Else the stage stops after this many wall seconds
+    # (validation passes included) and its learning rate decays on the
+    # elapsed share of them, or of the steps if that is further along:
+    # one wall-clock budget for models of different speeds.
+    max_seconds: float = 0.0
 
 
 @dataclasses.dataclass
@@ -216,6 +221,9 @@ class ExperimentConfig:
                         f"{key}.{field} must be >= {minimum}"
                         + (f" for method {self.method!r}" if field == "epochs"
                            else "") + f". Received: {value}")
+            if stage.max_seconds < 0:
+                raise ConfigError(f"{key}.max_seconds must be >= 0. "
+                                  f"Received: {stage.max_seconds}")
             if not stage.learning_rate > 0:
                 raise ConfigError(f"{key}.learning_rate must be > 0. "
                                   f"Received: {stage.learning_rate}")

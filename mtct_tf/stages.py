@@ -212,12 +212,20 @@ class _Records:
 
     def plain(self, files, training, domain, fraction=1.0):
         d = self.d
-        return distribute.shard_dataset(pipeline.make_dataset(
+        ds = pipeline.make_dataset(
             files, self.schema, training=training, domain=domain,
             shuffle_buffer=d.shuffle_buffer, label_fraction=fraction,
             cache=d.cache and not training, decode_cache=d.decode_cache,
-            **self.common), len(files),
-            self.strategy)
+            **self.common)
+        if not training and fraction == 1.0:
+            # The domain filter hides the number of batches from Keras,
+            # which then learns it by running out of data and warns
+            # "Your input ran out of data; interrupting training" after
+            # every validation pass. It is known: state it.
+            n = shards.count_records(files, domain)
+            ds = ds.apply(tf.data.experimental.assert_cardinality(
+                math.ceil(n / d.batch_size)))
+        return distribute.shard_dataset(ds, len(files), self.strategy)
 
     def triplet(self, training, fraction):
         split = "train" if training else "val"

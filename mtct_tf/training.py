@@ -14,6 +14,7 @@ import time
 import warnings
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from mtct_tf import callbacks as callbacks_lib
@@ -21,15 +22,58 @@ from mtct_tf import configs as configs_lib
 from mtct_tf import distribute, fileio, runs
 from mtct_tf import stages as stages_lib
 
+# The cosine decay ends at this fraction of the initial learning rate.
+LR_ALPHA = 0.05
 # Our datasets are shuffled by tf.data; Keras warns that fit can't.
 warnings.filterwarnings("ignore", message=".*`shuffle=True` was passed")
 
 
-def make_optimizer(stage_config, total_steps):
-    """The stage's optimiser under a cosine learning-rate decay."""
-    lr = keras.optimizers.schedules.CosineDecay(
-        stage_config.learning_rate, decay_steps=max(1, total_steps), alpha=0.05
-    )
+@keras.saving.register_keras_serializable(package="mtct_tf")
+class BudgetCosineDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """``CosineDecay`` over whichever is further along: the steps, or the
+    wall-clock budget's elapsed share in ``progress`` (set by
+    ``callbacks.TimeBudget``)."""
+
+    def __init__(self, initial_learning_rate, decay_steps, alpha, progress):
+        self.initial_learning_rate = float(initial_learning_rate)
+        self.decay_steps = int(decay_steps)
+        self.alpha = float(alpha)
+        self.progress = progress
+
+    def __call__(self, step):
+        done = tf.cast(step, tf.float32) / self.decay_steps
+        done = tf.minimum(1.0, tf.maximum(done, self.progress))
+        cosine = 0.5 * (1.0 + tf.cos(np.pi * done))
+        return self.initial_learning_rate * (
+            (1.0 - self.alpha) * cosine + self.alpha)
+
+    def get_config(self):
+        # The variable is the running process's; a reloaded schedule
+        # decays on steps only.
+        return {"initial_learning_rate": self.initial_learning_rate,
+                "decay_steps": self.decay_steps, "alpha": self.alpha}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(progress=0.0, **config)
+
+
+def make_optimizer(stage_config, total_steps, progress=None):
+    """The stage's optimiser under a cosine learning-rate decay.
+
+    Args:
+        stage_config: a ``StageConfig``.
+        total_steps: the steps the decay spans.
+        progress: ``None``, or a float32 ``tf.Variable`` with the elapsed
+            share of a wall-clock budget (``BudgetCosineDecay``).
+    """
+    if progress is None:
+        lr = keras.optimizers.schedules.CosineDecay(
+            stage_config.learning_rate, decay_steps=max(1, total_steps),
+            alpha=LR_ALPHA)
+    else:
+        lr = BudgetCosineDecay(stage_config.learning_rate,
+                               max(1, total_steps), LR_ALPHA, progress)
     name = stage_config.optimizer
     if name == "adam":
         return keras.optimizers.Adam(lr)
@@ -84,8 +128,10 @@ def train_stage(config, model_dir, stage, *, verbose="auto", **options):
         # Batch statistics of the global batch, as on one device.
         distribute.sync_batch_norm(models.net,
                                    strategy.num_replicas_in_sync > 1)
+        progress = (tf.Variable(0.0, trainable=False, name="time_progress")
+                    if settings.max_seconds else None)
         models.trainer.compile(
-            optimizer=make_optimizer(settings, spe * epochs),
+            optimizer=make_optimizer(settings, spe * epochs, progress),
             jit_compile=config.runtime.jit_compile,
             **spec.compile_options(models, inputs))
         # The backup restores into built weights and optimiser slots.
@@ -108,6 +154,7 @@ def train_stage(config, model_dir, stage, *, verbose="auto", **options):
         # so a kill in between repeats the epoch rather than losing them.
         callbacks = [
             callbacks_lib.CompactProgbar(),
+            callbacks_lib.EpochSeconds(),
             best,
             keras.callbacks.CSVLogger(
                 os.path.join(wout, runs.HISTORY_FILE), append=True),
@@ -116,6 +163,9 @@ def train_stage(config, model_dir, stage, *, verbose="auto", **options):
             callbacks_lib.Backup(os.path.join(wout, runs.BACKUP_DIR),
                                  save_freq=backup),
         ]
+        if progress is not None:
+            callbacks.insert(0, callbacks_lib.TimeBudget(
+                settings.max_seconds, progress))
         start = time.time()
         history = models.trainer.fit(
             inputs.train, epochs=epochs, steps_per_epoch=spe,
@@ -133,6 +183,11 @@ def train_stage(config, model_dir, stage, *, verbose="auto", **options):
                 f"best_{spec.monitor}": best.best,
                 "replicas": strategy.num_replicas_in_sync,
                 "history": history.history}
+        if progress is not None:
+            # Under a wall-clock budget the steps are what it allowed.
+            info["steps"] = int(models.trainer.optimizer.iterations.numpy())
+            info["max_seconds"] = settings.max_seconds
+            info["stopped_by_max_seconds"] = callbacks[0].stopped_early
         files, extra = spec.outputs(models, schema, config, inputs, info)
         info.update(extra)
         for name, write in files:
