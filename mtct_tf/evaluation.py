@@ -22,7 +22,7 @@ from mtct_tf import fileio
 from mtct_tf import metrics as metrics_lib
 from mtct_tf import retrieval, runs
 from mtct_tf import stages as stages_lib
-from mtct_tf.data import pipeline
+from mtct_tf.data import pipeline, shards
 
 # DeepFashion reports top-3 and top-5 recall (attributes) and accuracy
 # (category).
@@ -327,10 +327,10 @@ def evaluate(model_dir, *, split="test", domain="street", stage=None,
             shards_dir = stages_lib.street_dir(config)
         else:
             shards_dir = config.data.shards_dir
-    schema = pipeline.load_schema(shards_dir)
+    schema = shards.load_schema(shards_dir)
     net = runs.load_stage(model_dir, stage, schema, f"of {shards_dir}")
     ds = pipeline.make_dataset(
-        pipeline.shard_files(shards_dir, split), schema,
+        shards.shard_files(shards_dir, split), schema,
         image_size=net.image_size, batch_size=batch_size, training=False,
         domain=domain, margin=config.data.margin, repeat=False,
         crop_to_bbox=box_source != "none")

@@ -306,11 +306,11 @@ def embed_shards(embedder, shards_dir, split, domain, *, batch_size=64,
     Raises:
         ValueError: the split holds no image of the domain.
     """
-    from mtct_tf.data import pipeline
+    from mtct_tf.data import pipeline, shards
 
     ds = pipeline.make_dataset(
-        pipeline.shard_files(shards_dir, split),
-        pipeline.load_schema(shards_dir),
+        shards.shard_files(shards_dir, split),
+        shards.load_schema(shards_dir),
         image_size=embedder.image_size, batch_size=batch_size,
         training=False, domain=domain, crop_to_bbox=crop_to_bbox,
         margin=embedder.margin, repeat=False, with_meta=True)
@@ -409,15 +409,16 @@ def gallery_images(gallery, ids):
     """
     import tensorflow as tf
 
-    from mtct_tf.data import features, pipeline
+    from mtct_tf.data import features, shards
 
     wanted, found = set(ids), {}
-    shards, split = gallery.info.get("shards"), gallery.info.get("split")
-    if not shards or not os.path.isdir(shards):
+    shards_dir, split = gallery.info.get("shards"), gallery.info.get("split")
+    if not shards_dir or not os.path.isdir(shards_dir):
         return found
     spec = {features.SOURCE_ID: tf.io.FixedLenFeature([], tf.string),
             features.ENCODED: tf.io.FixedLenFeature([], tf.string)}
-    for raw in tf.data.TFRecordDataset(pipeline.shard_files(shards, split)):
+    for raw in tf.data.TFRecordDataset(
+            shards.shard_files(shards_dir, split)):
         record = tf.io.parse_single_example(raw, spec)
         source = record[features.SOURCE_ID].numpy().decode()
         if source in wanted:

@@ -72,8 +72,7 @@ def prepare_data(workdir, items=DATA_ITEMS, render_seed=DATA_SEED):
     Raises:
         ValueError: ``workdir`` holds data rendered with other settings.
     """
-    from mtct_tf.data import convert
-    from mtct_tf.data import synthetic
+    from mtct_tf.data import convert, shards as shards_lib, synthetic
 
     full = synthetic.BENCHMARK_DATA
     # Fewer items (quick runs) keep the share of items with street photos.
@@ -93,7 +92,7 @@ def prepare_data(workdir, items=DATA_ITEMS, render_seed=DATA_SEED):
     fileio.write_json(record, settings)
     data = os.path.join(workdir, "data")
     shards = os.path.join(workdir, "shards")
-    if not os.path.exists(os.path.join(shards, convert.SUMMARY)):
+    if not os.path.exists(os.path.join(shards, shards_lib.SUMMARY_FILE)):
         if not os.path.exists(os.path.join(data, "manifest.jsonl")):
             synthetic.render_dataset(data, progress=False, **settings)
         convert.convert_manifest(os.path.join(data, "manifest.jsonl"), shards)

@@ -272,11 +272,11 @@ def measure_pipeline(shards_dir, preset, batch_size, steps, rounds,
     feed adds to every training step.
     """
     tf = _quiet_tensorflow()
-    from mtct_tf.data import pipeline
+    from mtct_tf.data import pipeline, shards
 
     trainer = build_trainer(preset, precision)
     size = trainer.net.image_size
-    files = pipeline.shard_files(shards_dir, "train")
+    files = shards.shard_files(shards_dir, "train")
 
     def records(image_size=size):
         return pipeline.make_dataset(files, _schema(), image_size=image_size,

@@ -148,7 +148,7 @@ def read_manifest(path, schema, *, root=None, skip_bad=False,
                   allow_outside_root=False):
     """Reads a whole manifest, checking every line and that ids are unique.
 
-    Image files are not opened here (see ``mtct_tf.data.convert``).
+    Image files are not opened here (see ``mtct_tf.data.images``).
 
     Args:
         path: the JSONL manifest.

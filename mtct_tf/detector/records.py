@@ -96,7 +96,7 @@ def write_detection_records(entries, out_dir, *, domain=None,
         and the number of entries skipped for having no box or another
         domain.
     """
-    from mtct_tf.data import convert
+    from mtct_tf.data import images
 
     os.makedirs(out_dir, exist_ok=True)
     by_split = {}
@@ -113,7 +113,7 @@ def write_detection_records(entries, out_dir, *, domain=None,
         serialized = []
         for i, e in enumerate(items, start=1):
             # The converter's checks; non-RGB images come back as RGB JPEG.
-            e, data, fmt, height, width, _ = convert.load_image(
+            e, data, fmt, height, width, _ = images.load_image(
                 e, manifest_path=manifest_path)
             ex = detection_example(
                 data, fmt, width, height, [e.bbox], source_id=i,
