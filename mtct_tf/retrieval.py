@@ -29,16 +29,31 @@ from mtct_tf import fileio
 
 # Retrieval accuracy is reported at these k (DeepFashion's curve runs to 50).
 TOP_K = (1, 5, 10, 20)
+# Rows are divided by max(||x||, this): a zero row stays 0.
 _EPSILON = 1e-12
 
 
 def normalize(x):
-    """Rows of ``x`` scaled to unit L2 norm (float32; zero rows stay 0)."""
+    """Rows of ``x`` scaled to unit L2 norm (float32; zero rows stay 0).
+
+    Args:
+        x: [N, D] embeddings.
+
+    Returns:
+        float32 [N, D] NumPy array.
+
+    Raises:
+        ValueError: ``x`` is not [N, D].
+    """
+    # Keras only here: building a gallery from a file needs no TensorFlow
+    # before this.
+    import keras
+
     x = np.asarray(x, np.float32)
     if x.ndim != 2:
         raise ValueError(f"embeddings must be [N, D]. Received: {x.shape}")
-    norm = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.maximum(norm, _EPSILON)
+    return keras.ops.convert_to_numpy(
+        keras.ops.normalize(x, axis=-1, epsilon=_EPSILON))
 
 
 @dataclasses.dataclass
