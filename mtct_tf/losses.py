@@ -370,11 +370,17 @@ def _distance(sq_dist):
     return ops.sqrt(ops.maximum(sq_dist, _SQ_DIST_FLOOR))
 
 
-def _negatives(neg_shop, neg_street, include_street_negative):
+def _margin_triplet(margin, normalize, include_street_negative, anchor,
+                    positive, neg_shop, neg_street):
+    """Checks a margin loss's arguments: ``(a, p, [negatives])``, prepared."""
+    if not margin > 0:
+        raise ValueError(f"`margin` must be > 0. Received: margin={margin}")
     if include_street_negative:
         _need_street(neg_street, "include_street_negative=True")
-        return neg_shop, neg_street
-    return neg_shop, None
+    else:
+        neg_street = None
+    a, p, ns, nt = _prepare(normalize, anchor, positive, neg_shop, neg_street)
+    return a, p, [n for n in (ns, nt) if n is not None]
 
 
 def contrastive_loss(
@@ -392,15 +398,13 @@ def contrastive_loss(
     Returns:
         ``[B]`` per-triplet losses.
     """
-    if not margin > 0:
-        raise ValueError(f"`margin` must be > 0. Received: margin={margin}")
-    ns, nt = _negatives(neg_shop, neg_street, include_street_negative)
-    a, p, ns, nt = _prepare(normalize, anchor, positive, ns, nt)
+    a, p, negatives = _margin_triplet(
+        margin, normalize, include_street_negative, anchor, positive,
+        neg_shop, neg_street)
     loss = 0.5 * squared_distance(a, p)
-    for n in (ns, nt):
-        if n is not None:
-            gap = ops.relu(margin - _distance(squared_distance(a, n)))
-            loss = loss + 0.5 * ops.square(gap)
+    for n in negatives:
+        gap = ops.relu(margin - _distance(squared_distance(a, n)))
+        loss = loss + 0.5 * ops.square(gap)
     return loss
 
 
@@ -417,16 +421,14 @@ def triplet_loss(
     Returns:
         ``[B]`` per-triplet losses.
     """
-    if not margin > 0:
-        raise ValueError(f"`margin` must be > 0. Received: margin={margin}")
-    ns, nt = _negatives(neg_shop, neg_street, include_street_negative)
-    a, p, ns, nt = _prepare(normalize, anchor, positive, ns, nt)
+    a, p, negatives = _margin_triplet(
+        margin, normalize, include_street_negative, anchor, positive,
+        neg_shop, neg_street)
     d_pos = squared_distance(a, p)
     loss = None
-    for n in (ns, nt):
-        if n is not None:
-            hinge = ops.relu(d_pos - squared_distance(a, n) + margin)
-            loss = hinge if loss is None else loss + hinge
+    for n in negatives:
+        hinge = ops.relu(d_pos - squared_distance(a, n) + margin)
+        loss = hinge if loss is None else loss + hinge
     return loss
 
 

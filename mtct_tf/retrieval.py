@@ -248,23 +248,30 @@ def search_recall(approximate, exact):
 # --------------------------------------------------------------------------
 
 
+@dataclasses.dataclass
 class Embedder:
     """Embeds image batches with an MTN or an exported SavedModel.
 
-    Build with ``load_embedder``. ``image_size`` is the model's input side,
-    ``margin`` the context its training crops had around a box.
+    Build with ``load_embedder``.
+
+    Attributes:
+        fn: images -> embeddings (the model's ``embedding`` output).
+        image_size: the model's input side.
+        margin: the context its training crops had around a box.
+        source: what was loaded (for messages).
+        keep: an object to keep alive with ``fn`` (a loaded SavedModel,
+            whose variables its signature function needs).
     """
 
-    def __init__(self, fn, image_size, margin, source, keep=None):
-        self._fn = fn
-        self._keep = keep  # Keeps a loaded SavedModel's variables alive.
-        self.image_size = image_size
-        self.margin = margin
-        self.source = source
+    fn: object
+    image_size: int
+    margin: float
+    source: str
+    keep: object = None
 
     def __call__(self, images):
         """float32 [B, S, S, 3] in [0, 255] -> unit embeddings [B, D]."""
-        return normalize(np.asarray(self._fn(images)))
+        return normalize(np.asarray(self.fn(images)))
 
 
 def load_embedder(model, *, stage=None, margin=None):
