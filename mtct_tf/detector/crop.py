@@ -15,8 +15,8 @@ import time
 
 import numpy as np
 
-from mtct_tf import fileio
-from mtct_tf.data import features, shards
+from mtct_tf import attributes, fileio
+from mtct_tf.data import example, features, images, manifest, shards
 from mtct_tf.data.features import (GARMENT_CLASS, bytes_feature,
                                    float_feature, int64_feature)
 from mtct_tf.detector.boxes import (box_iou, choose_box, expand_box,
@@ -134,9 +134,6 @@ def _read_source(source, schema=None):
         number of records.
     """
     import tensorflow as tf
-
-    from mtct_tf import attributes
-    from mtct_tf.data import example, images, manifest
 
     if os.path.isdir(source):
         splits = shards.splits_present(source)
