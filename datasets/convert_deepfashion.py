@@ -69,6 +69,7 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     from mtct_tf.data import deepfashion
+    from mtct_tf.data.manifest import ManifestError
 
     kwargs = {"skip_bad": args.skip_bad}
     if args.benchmark == "attributes":
@@ -76,7 +77,7 @@ def main(argv=None):
     try:
         report = deepfashion.convert(args.benchmark, args.root, args.out,
                                      **kwargs)
-    except (deepfashion.AnnotationError, FileNotFoundError,
+    except (deepfashion.AnnotationError, ManifestError, FileNotFoundError,
             FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

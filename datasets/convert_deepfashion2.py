@@ -53,13 +53,14 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    from mtct_tf.data import deepfashion, deepfashion2
+    from mtct_tf.data import deepfashion2
+    from mtct_tf.data.deepfashion_files import AnnotationError
 
     try:
         report = deepfashion2.convert(
             args.root, args.out, parts=args.parts,
             val_fraction=args.val_fraction, skip_bad=args.skip_bad)
-    except (deepfashion.AnnotationError, FileNotFoundError, FileExistsError,
+    except (AnnotationError, FileNotFoundError, FileExistsError,
             ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

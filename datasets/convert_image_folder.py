@@ -22,7 +22,7 @@ import argparse
 import os
 import sys
 
-from mtct_tf.data import convert, deepfashion, image_folder
+from mtct_tf.data import convert, image_folder
 from mtct_tf.data.manifest import ManifestError
 
 
@@ -71,8 +71,8 @@ def main(argv=None):
             report["manifest"], os.path.join(args.out, "shards"),
             resize=args.resize, skip_bad=args.skip_bad,
             progress=not args.quiet)
-    except (image_folder.ImageFolderError, deepfashion.AnnotationError,
-            ManifestError, FileNotFoundError) as e:
+    except (image_folder.ImageFolderError, ManifestError,
+            FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(convert.format_summary(summary))

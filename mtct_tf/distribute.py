@@ -12,9 +12,10 @@
 Batch sizes in configs are *global*: one optimiser step consumes
 ``batch_size`` examples in all, and each of the ``num_replicas_in_sync``
 replicas gets ``batch_size / num_replicas_in_sync`` of them (Keras splits
-each global batch). Losses are normalised by global counts and batch
-statistics are synchronised (``MTNTrainer``, ``sync_batch_norm``), so
-a step computes the same gradient whatever the number of replicas.
+each global batch). Losses are normalised by global counts (the
+cross-replica reductions ``global_counts`` / ``global_sum`` here, used by
+``MTNTrainer``) and batch statistics are synchronised (``sync_batch_norm``),
+so a step computes the same gradient whatever the number of replicas.
 
 Training datasets are sharded across workers by file
 (``AutoShardPolicy.FILE``; see ``shard_dataset``). Every worker writes
@@ -243,6 +244,52 @@ def shard_dataset(dataset, num_files, strategy):
         num_files, num_workers(strategy)
     )
     return dataset.with_options(options)
+
+
+# === Cross-replica reductions of the training step ===
+#
+# Under a strategy each replica holds a share of the global batch and the
+# optimiser sums the replicas' gradients. A masked mean must then be divided
+# by the *global* count of labels (one small all-reduce), so that the
+# replicas' losses add up to exactly the loss of the global batch even when
+# replicas hold different numbers of labels (``losses.global_shares`` and
+# ``transfer.MTNTrainer``).
+
+
+def num_replicas():
+    """Replicas in sync in the current replica context (1 outside one).
+
+    Other backends than TensorFlow have no strategy: 1.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return 1
+    context = tf.distribute.get_replica_context()
+    return 1 if context is None else context.num_replicas_in_sync
+
+
+def global_sum(value):
+    """``value`` summed over the replicas (itself with one replica)."""
+    if num_replicas() == 1:
+        return value
+    return tf.distribute.get_replica_context().all_reduce(
+        tf.distribute.ReduceOp.SUM, value)
+
+
+def global_counts(counts):
+    """(local, global) float32 vectors of label counts: one all-reduce.
+
+    The counts depend on the labels only, so the all-reduce can run before
+    the forward pass and does not wait for it.
+
+    Args:
+        counts: float32 scalars (``losses.label_count``), one per mean.
+
+    Returns:
+        ``(local, total)``: the counts stacked, and their sums over the
+        replicas (a constant for the gradient).
+    """
+    local = keras.ops.stack(counts)
+    return local, keras.ops.stop_gradient(global_sum(local))
 
 
 # === Model ===

@@ -22,7 +22,7 @@ from mtct_tf import fileio
 from mtct_tf import metrics as metrics_lib
 from mtct_tf import retrieval, runs
 from mtct_tf import stages as stages_lib
-from mtct_tf.data import pipeline
+from mtct_tf.data import pipeline, shards
 
 # DeepFashion reports top-3 and top-5 recall (attributes) and accuracy
 # (category).
@@ -174,32 +174,41 @@ def _empty_softmax_results(n):
             "num_attributes": 0, "chance_mAP_cls": nan}
 
 
-def multilabel_bar_chart(ml, path, title):
-    """Per-group top-k recall as a grouped bar chart (PNG)."""
+def _bar_figure(names):
+    """A figure with room for a bar group per name, its axes, positions."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
+    fig, ax = plt.subplots(figsize=(1.0 + 0.9 * len(names), 3.6))
+    return fig, ax, np.arange(len(names))
+
+
+def _save_bar_figure(fig, ax, names, path, title, legend_loc):
+    """Labels a bar chart of percentages per name and saves it (PNG)."""
+    ax.set_xticks(np.arange(len(names)),
+                  [a.replace("_", "\n") for a in names], fontsize=8)
+    ax.set_ylim(0, 100)
+    ax.set_ylabel("%")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, loc=legend_loc)
+    fig.tight_layout()
+    fileio.save_figure(fig, path)
+
+
+def multilabel_bar_chart(ml, path, title):
+    """Per-group top-k recall as a grouped bar chart (PNG)."""
     names = list(ml["groups"])
     ks = list(ml["topk_recall"])
-    x = np.arange(len(names))
+    fig, ax, x = _bar_figure(names)
     width = 0.8 / len(ks)
-    fig, ax = plt.subplots(figsize=(1.0 + 0.9 * len(names), 3.6))
     for i, k in enumerate(ks):
         values = [100 * np.nan_to_num(ml["groups"][a][f"top{k}_recall"])
                   for a in names]
         ax.bar(x - 0.4 + width * (i + 0.5), values, width,
                label=f"top-{k} recall")
-    ax.set_xticks(x, [a.replace("_", "\n") for a in names], fontsize=8)
-    ax.set_ylim(0, 100)
-    ax.set_ylabel("%")
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=7, loc="upper right")
-    fig.tight_layout()
-    with fileio.replacing(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
+    _save_bar_figure(fig, ax, names, path, title, "upper right")
 
 
 def _jsonable(results):
@@ -218,29 +227,15 @@ def _jsonable(results):
 
 def bar_chart(results, path, title):
     """Per-attribute AP and top-1 accuracy as a grouped bar chart (PNG)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
     names = list(results["ap"])
     ap = [100 * results["ap"][a] for a in names]
     top1 = [100 * results["top1"][a] for a in names]
-    x = np.arange(len(names))
-    fig, ax = plt.subplots(figsize=(1.0 + 0.9 * len(names), 3.6))
+    fig, ax, x = _bar_figure(names)
     ax.bar(x - 0.2, ap, 0.4, label="class-level AP")
     ax.bar(x + 0.2, top1, 0.4, label="top-1 accuracy")
     ax.axhline(100 * results["mAP_cls"], color="k", lw=1, ls="--",
                label=f"mAP_cls {100 * results['mAP_cls']:.1f}")
-    ax.set_xticks(x, [a.replace("_", "\n") for a in names], fontsize=8)
-    ax.set_ylim(0, 100)
-    ax.set_ylabel("%")
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    with fileio.replacing(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
+    _save_bar_figure(fig, ax, names, path, title, "lower right")
 
 
 def write_report(results, out_prefix, title, schema=None):
@@ -327,10 +322,10 @@ def evaluate(model_dir, *, split="test", domain="street", stage=None,
             shards_dir = stages_lib.street_dir(config)
         else:
             shards_dir = config.data.shards_dir
-    schema = pipeline.load_schema(shards_dir)
+    schema = shards.load_schema(shards_dir)
     net = runs.load_stage(model_dir, stage, schema, f"of {shards_dir}")
     ds = pipeline.make_dataset(
-        pipeline.shard_files(shards_dir, split), schema,
+        shards.shard_files(shards_dir, split), schema,
         image_size=net.image_size, batch_size=batch_size, training=False,
         domain=domain, margin=config.data.margin, repeat=False,
         crop_to_bbox=box_source != "none")

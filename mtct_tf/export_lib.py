@@ -209,7 +209,10 @@ class ServingModule(tf.Module):
             result[f"{attribute.name}_value"] = tf.gather(names, index)
         result["embedding"] = out["embedding"]
         if self.with_gallery:
-            query = tf.math.l2_normalize(out["embedding"], axis=-1)
+            # The gallery's rows are unit vectors (``retrieval.normalize``);
+            # the floor of 1e-6 on the norm only matters for a zero query.
+            query = keras.ops.normalize(out["embedding"], axis=-1,
+                                        epsilon=1e-6)
             scores = tf.matmul(query, self.gallery_embeddings,
                                transpose_b=True)
             top = tf.math.top_k(scores, k=self._top_k)

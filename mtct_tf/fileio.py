@@ -12,6 +12,7 @@ Usage::
     fileio.write_json(path, obj)
     with fileio.replacing(path, suffix=".keras") as tmp:
         net.save(tmp)
+    fileio.save_figure(fig, "docs/images/chart.png")
 """
 
 import contextlib
@@ -90,6 +91,29 @@ def write_json(path, obj, *, indent=1, newline=False, ensure_ascii=True):
     """
     text = json.dumps(obj, indent=indent, ensure_ascii=ensure_ascii)
     write_text(path, text + ("\n" if newline else ""))
+
+
+def save_figure(fig, path, *, dpi=110):
+    """Saves a matplotlib figure atomically (creating its folder), closes it.
+
+    Args:
+        fig: a ``matplotlib.figure.Figure``.
+        path: the image file; its suffix (``.png``) sets the format.
+        dpi: resolution.
+
+    Returns:
+        ``path``.
+    """
+    # pyplot only here: closing the figure frees it from pyplot's registry.
+    from matplotlib import pyplot as plt
+
+    folder = os.path.dirname(os.fspath(path))
+    if folder:
+        os.makedirs(folder, exist_ok=True)
+    with replacing(path, suffix=os.path.splitext(path)[1]) as tmp:
+        fig.savefig(tmp, dpi=dpi)
+    plt.close(fig)
+    return path
 
 
 def _markers(name):

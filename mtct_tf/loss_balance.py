@@ -146,8 +146,7 @@ def measure(config, model_dir, batches=8, verbose=True):
     from mtct_tf import runs
     from mtct_tf import stages as stages_lib
     from mtct_tf import transfer
-    from mtct_tf.data import pipeline
-    from mtct_tf.data import triplets
+    from mtct_tf.data import shards, triplets
 
     cross = config.street.cross_domain
     if cross.kind == "none":
@@ -167,8 +166,8 @@ def measure(config, model_dir, batches=8, verbose=True):
     d = config.data
     street = stages_lib.street_dir(config)
     ds = triplets.make_triplet_dataset(
-        pipeline.shard_files(street, "train"),
-        pipeline.shard_files(d.shards_dir, "train"), schema,
+        shards.shard_files(street, "train"),
+        shards.shard_files(d.shards_dir, "train"), schema,
         image_size=d.image_size, batch_size=d.batch_size, training=True,
         negatives=d.negatives, margin=d.margin,
         label_fraction=d.street_label_fraction, seed=config.seed,

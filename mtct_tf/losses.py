@@ -1,8 +1,15 @@
 """Masked multi-task attribute losses and cross-domain embedding losses.
 
-Every loss is a pure function in ``keras.ops`` (backend-neutral; returns one
-value per sample or per triplet) plus a thin ``keras.losses.Loss`` wrapper that
-Keras can compile and serialize (``package="mtct_tf"``).
+Every loss is a pure function in ``keras.ops`` (backend-neutral) that
+returns one value per sample or per triplet, its docstring carrying the
+formula. The training step (``transfer.MTNTrainer``) composes them: it
+takes the masked mean of each attribute with ``multitask_loss``, adds the
+cross-domain term of ``cross_domain_loss``, and under a tf.distribute
+strategy turns the replica's means into shares of the global-batch means
+with ``global_shares`` (the counts come from ``distribute.global_counts``).
+There are no ``keras.losses.Loss`` wrappers: nothing compiles these losses
+into a plain ``Model.fit``, and a masked mean over the global batch needs
+the label counts, which a Keras loss does not see.
 
 Label coding (see ``mtct_tf.attributes``):
 - softmax attributes: ``y_true`` int ``[B]`` (or ``[B, 1]``) in ``[0, K)``,
@@ -16,21 +23,23 @@ Cross-domain losses act on embeddings of a triplet (SPEC §4): anchor
 ``a = f_t(I_i)`` (street image through the street network), positive
 ``p = f_s(I_p)`` (the shop image of the same item through the shop network)
 and a negative item ``I_n`` seen as ``n_s = f_s(I_n)`` and ``n_t = f_t(I_n)``.
-
-One module over 500 lines on purpose: it holds every loss the trainer
-composes, and the attribute and cross-domain families share the masking,
-global-count and normalisation helpers; each loss is tested against NumPy in
-tests/test_losses.py.
+Each loss is tested against NumPy in tests/test_losses.py.
 """
 
-import keras
 from keras import ops
 
+from mtct_tf import distribute
 from mtct_tf.attributes import MULTILABEL, SOFTMAX
 from mtct_tf.configs import CROSS_DOMAIN_KINDS
 
 DEFAULT_MARGINS = {"contrastive": 1.0, "triplet": 0.2}
-_NORM_EPSILON = 1e-12
+# Embeddings are divided by max(||x||, 1e-6) (tf.math.l2_normalize's floor
+# of 1e-12 on the squared norm): a zero embedding stays zero, with finite
+# gradients.
+_NORM_FLOOR = 1e-6
+# sqrt has an infinite derivative at 0: distances are taken of at least
+# this squared distance.
+_SQ_DIST_FLOOR = 1e-12
 
 
 # === Masked attribute losses ===
@@ -80,59 +89,7 @@ def _masked_bce_elements(y_true, y_pred, from_logits):
     return bce, ops.cast(known, y_pred.dtype)
 
 
-def masked_binary_crossentropy(y_true, y_pred, from_logits=False):
-    """Per-sample binary cross-entropy over the known binary labels.
-
-    ``l_b = sum_j m_bj * BCE(y_bj, y_pred_bj) / max(sum_j m_bj, 1)`` with
-    ``m_bj = [y_bj != -1]``: the mean over the sample's known attributes, 0
-    when it has none (like ``keras.losses.binary_crossentropy``, which means
-    over the last axis).
-
-    Args:
-        y_true: ``[B, A]``, 1 = positive, 0 = negative, -1 = unknown.
-        y_pred: ``[B, A]`` sigmoid probabilities, or logits with
-            ``from_logits=True``.
-        from_logits: whether ``y_pred`` holds logits.
-
-    Returns:
-        ``[B]`` per-sample losses.
-    """
-    bce, known = _masked_bce_elements(y_true, y_pred, from_logits)
-    count = ops.sum(known, axis=-1)
-    return ops.sum(bce, axis=-1) / ops.maximum(count, 1.0)
-
-
 # === Masked means over the replicas of a tf.distribute strategy ===
-#
-# Under a strategy each replica holds a share of the global batch and the
-# optimiser sums the replicas' gradients. A masked mean must then be divided
-# by the *global* count of labels (one small all-reduce), so that the
-# replicas' losses add up to exactly the loss of the global batch even when
-# replicas hold different numbers of labels. ``MTNTrainer`` (training) and
-# the ``Masked*`` Loss classes both build on these functions.
-
-
-def num_replicas():
-    """Replicas in sync in the current replica context (1 outside one).
-
-    Other backends than TensorFlow have no strategy: 1.
-    """
-    if keras.backend.backend() != "tensorflow":
-        return 1
-    import tensorflow as tf
-
-    context = tf.distribute.get_replica_context()
-    return 1 if context is None else context.num_replicas_in_sync
-
-
-def global_sum(value):
-    """``value`` summed over the replicas (itself with one replica)."""
-    if num_replicas() == 1:
-        return value
-    import tensorflow as tf
-
-    return tf.distribute.get_replica_context().all_reduce(
-        tf.distribute.ReduceOp.SUM, value)
 
 
 def label_count(labels):
@@ -144,153 +101,28 @@ def label_count(labels):
     return ops.sum(ops.cast(ops.convert_to_tensor(labels) >= 0, "float32"))
 
 
-def global_counts(counts):
-    """(local, global) float32 vectors of label counts: one all-reduce.
-
-    The counts depend on the labels only, so the all-reduce can run before
-    the forward pass and does not wait for it.
-    """
-    local = ops.stack(counts)
-    return local, ops.stop_gradient(global_sum(local))
-
-
 def global_shares(means, local, total):
     """Turns replica-local masked means into shares of the global means.
 
     ``mean_r * max(n_r, 1) / max(N, 1)``, with ``n_r`` the replica's count
-    (``local``) and ``N`` its sum over replicas (``total``): the shares add
-    up over replicas to ``sum of values / N``, the mean over the global
-    batch. The factor is a constant for the gradient. With one replica the
-    means are returned unchanged.
+    (``local``) and ``N`` its sum over replicas (``total``, from
+    ``distribute.global_counts``): the shares add up over replicas to
+    ``sum of values / N``, the mean over the global batch. The factor is a
+    constant for the gradient. With one replica the means are returned
+    unchanged.
+
+    Args:
+        means: the replica's masked means (scalars), in ``local``'s order.
+        local: float32 [M], the replica's count behind each mean.
+        total: float32 [M], the counts summed over the replicas.
+
+    Returns:
+        A list of the means' shares.
     """
-    if num_replicas() == 1:
+    if distribute.num_replicas() == 1:
         return list(means)
     factors = ops.maximum(local, 1.0) / ops.maximum(total, 1.0)
     return [m * ops.cast(factors[i], m.dtype) for i, m in enumerate(means)]
-
-
-def _rescale_for_masked_mean(values, count, cross_replica):
-    """Scales per-sample values so that Keras' mean gives the masked mean.
-
-    Keras reduces ``"sum_over_batch_size"`` as ``sum(values) / B`` and, under
-    a tf.distribute strategy with ``R`` replicas, further divides each
-    replica's loss by ``R`` before the gradients are summed over replicas.
-    Returning ``values * B * R / max(C, 1)``, with ``C`` the number of
-    labelled entries *over all replicas*, makes the optimised loss
-    ``sum(values over all replicas) / C``: the exact global masked mean. With
-    ``cross_replica=False``, ``C`` and ``R`` are local (``R = 1``), giving
-    each replica's own masked mean, which Keras then averages over replicas.
-    """
-    count = ops.cast(count, values.dtype)
-    replicas = 1
-    if cross_replica:
-        count = global_sum(count)
-        replicas = num_replicas()
-    batch = ops.cast(ops.shape(values)[0], values.dtype)
-    scale = batch * replicas / ops.maximum(count, 1.0)
-    return values * ops.stop_gradient(scale)
-
-
-@keras.saving.register_keras_serializable(package="mtct_tf")
-class MaskedSparseCategoricalCrossentropy(keras.losses.Loss):
-    """Softmax cross-entropy averaged over the labelled samples only.
-
-    ``L = sum_{b: y_b >= 0} l_b / max(#{b: y_b >= 0}, 1)`` with ``l_b`` from
-    ``masked_sparse_categorical_crossentropy``: missing labels do not dilute
-    the loss, and a batch with no label gives exactly 0 (with zero, finite
-    gradients).
-
-    Keras' default reduction divides by the batch size ``B``, so ``call``
-    returns the per-sample losses multiplied by ``B / count`` (see
-    ``_rescale_for_masked_mean``); the reduced value is then the masked mean
-    and the class works as is in ``compile(loss={attr: ...})``. A
-    ``sample_weight`` multiplies the per-sample losses before the division by
-    the count. Other reductions see the rescaled values (``"sum"`` gives
-    ``B`` times the masked mean); keep the default.
-
-    Under a tf.distribute strategy Keras divides each replica's loss by the
-    number of replicas and sums the gradients. With ``cross_replica=True``
-    (default) the count of labelled samples is all-reduced over the replicas,
-    so the optimised and the reported loss are the masked mean over the
-    global batch, exactly as on one device. With ``False`` each replica
-    normalises by its own count, giving the mean over replicas of
-    per-replica masked means.
-
-    Args:
-        from_logits: whether predictions are logits (else probabilities).
-        cross_replica: normalise by the global count under a strategy.
-        name, reduction, dtype: as for ``keras.losses.Loss``.
-    """
-
-    def __init__(
-        self,
-        from_logits=False,
-        cross_replica=True,
-        name="masked_sparse_categorical_crossentropy",
-        reduction="sum_over_batch_size",
-        dtype=None,
-    ):
-        super().__init__(name=name, reduction=reduction, dtype=dtype)
-        self.from_logits = bool(from_logits)
-        self.cross_replica = bool(cross_replica)
-
-    def call(self, y_true, y_pred):
-        values = masked_sparse_categorical_crossentropy(
-            y_true, y_pred, from_logits=self.from_logits
-        )
-        count = ops.sum(ops.cast(_labels_1d(y_true, y_pred) >= 0, "int32"))
-        return _rescale_for_masked_mean(values, count, self.cross_replica)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            from_logits=self.from_logits, cross_replica=self.cross_replica
-        )
-        return config
-
-
-@keras.saving.register_keras_serializable(package="mtct_tf")
-class MaskedBinaryCrossentropy(keras.losses.Loss):
-    """Binary cross-entropy averaged over the known (image, attribute) pairs.
-
-    ``L = sum_{b,j} m_bj * BCE(y_bj, y_pred_bj) / max(sum_{b,j} m_bj, 1)``
-    with ``m_bj = [y_bj != -1]``: every known binary label weighs the same,
-    whatever the number of known labels of its image. ``call`` returns
-    per-sample sums scaled by ``B / count`` so that Keras' default reduction
-    yields this mean; tf.distribute handling as in
-    ``MaskedSparseCategoricalCrossentropy``.
-
-    Args:
-        from_logits: whether predictions are logits (else probabilities).
-        cross_replica: normalise by the global count under a strategy.
-        name, reduction, dtype: as for ``keras.losses.Loss``.
-    """
-
-    def __init__(
-        self,
-        from_logits=False,
-        cross_replica=True,
-        name="masked_binary_crossentropy",
-        reduction="sum_over_batch_size",
-        dtype=None,
-    ):
-        super().__init__(name=name, reduction=reduction, dtype=dtype)
-        self.from_logits = bool(from_logits)
-        self.cross_replica = bool(cross_replica)
-
-    def call(self, y_true, y_pred):
-        bce, known = _masked_bce_elements(y_true, y_pred, self.from_logits)
-        values = ops.sum(bce, axis=-1)
-        return _rescale_for_masked_mean(
-            values, ops.sum(known), self.cross_replica
-        )
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            from_logits=self.from_logits, cross_replica=self.cross_replica
-        )
-        return config
 
 
 def _infer_kind(y_true, y_pred):
@@ -312,9 +144,8 @@ def multitask_loss(y_true, y_pred, weights=None, from_logits=False, kinds=None):
     binary cross-entropy over its known binary labels), ``w_a`` defaults to 1.
     An attribute with no label in the batch contributes 0. The means are
     local to the caller's batch; under tf.distribute, ``MTNTrainer`` turns
-    them into shares of the global-batch means with ``global_counts`` and
-    ``global_shares`` (the ``Masked*`` Loss classes do the same for
-    ``compile``).
+    them into shares of the global-batch means with
+    ``distribute.global_counts`` and ``global_shares``.
 
     Args:
         y_true: dict attribute -> labels (see the module docstring).
@@ -379,13 +210,6 @@ def multitask_loss(y_true, y_pred, weights=None, from_logits=False, kinds=None):
 # === Cross-domain embedding losses ===
 
 
-def l2_normalize(x, epsilon=_NORM_EPSILON):
-    """``x / max(||x||, sqrt(epsilon))`` along the last axis."""
-    x = ops.convert_to_tensor(x)
-    sq = ops.sum(ops.square(x), axis=-1, keepdims=True)
-    return x * ops.rsqrt(ops.maximum(sq, epsilon))
-
-
 def squared_distance(x, y):
     """``||x - y||^2`` along the last axis: ``[B, D], [B, D] -> [B]``."""
     return ops.sum(ops.square(x - y), axis=-1)
@@ -421,24 +245,6 @@ def _log_kernel(sq_dist, alpha, beta):
     return beta * ops.log1p(sq_dist / alpha)
 
 
-def tste_kernel(sq_dist, alpha=1.0, beta=None):
-    """Student-t kernel ``K = (1 + d / alpha) ** beta`` of squared distances.
-
-    Args:
-        sq_dist: squared distances ``d >= 0``.
-        alpha: degrees of freedom, > 0.
-        beta: exponent; ``None`` means ``-(alpha + 1) / 2``. With ``beta < 0``
-            ``K`` falls from 1 (``d = 0``) towards 0 as ``d`` grows.
-
-    Returns:
-        ``K``, same shape as ``sq_dist``.
-    """
-    if not alpha > 0:
-        raise ValueError(f"`alpha` must be > 0. Received: alpha={alpha}")
-    beta = default_beta(alpha) if beta is None else beta
-    return ops.exp(_log_kernel(ops.convert_to_tensor(sq_dist), alpha, beta))
-
-
 def _prepare(normalize, *embeddings):
     embeddings = [
         None if e is None else ops.convert_to_tensor(e) for e in embeddings
@@ -452,7 +258,9 @@ def _prepare(normalize, *embeddings):
         )
     if normalize:
         embeddings = [
-            None if e is None else l2_normalize(e) for e in embeddings
+            None if e is None else ops.normalize(e, axis=-1,
+                                                 epsilon=_NORM_FLOOR)
+            for e in embeddings
         ]
     return embeddings
 
@@ -558,16 +366,21 @@ def tste_canonical_loss(
 
 
 def _distance(sq_dist):
-    # sqrt has an infinite derivative at 0; the clamp gives a zero gradient
-    # there instead of NaN.
-    return ops.sqrt(ops.maximum(sq_dist, _NORM_EPSILON))
+    # The clamp gives a zero gradient at 0 instead of NaN.
+    return ops.sqrt(ops.maximum(sq_dist, _SQ_DIST_FLOOR))
 
 
-def _negatives(neg_shop, neg_street, include_street_negative):
+def _margin_triplet(margin, normalize, include_street_negative, anchor,
+                    positive, neg_shop, neg_street):
+    """Checks a margin loss's arguments: ``(a, p, [negatives])``, prepared."""
+    if not margin > 0:
+        raise ValueError(f"`margin` must be > 0. Received: margin={margin}")
     if include_street_negative:
         _need_street(neg_street, "include_street_negative=True")
-        return neg_shop, neg_street
-    return neg_shop, None
+    else:
+        neg_street = None
+    a, p, ns, nt = _prepare(normalize, anchor, positive, neg_shop, neg_street)
+    return a, p, [n for n in (ns, nt) if n is not None]
 
 
 def contrastive_loss(
@@ -585,15 +398,13 @@ def contrastive_loss(
     Returns:
         ``[B]`` per-triplet losses.
     """
-    if not margin > 0:
-        raise ValueError(f"`margin` must be > 0. Received: margin={margin}")
-    ns, nt = _negatives(neg_shop, neg_street, include_street_negative)
-    a, p, ns, nt = _prepare(normalize, anchor, positive, ns, nt)
+    a, p, negatives = _margin_triplet(
+        margin, normalize, include_street_negative, anchor, positive,
+        neg_shop, neg_street)
     loss = 0.5 * squared_distance(a, p)
-    for n in (ns, nt):
-        if n is not None:
-            gap = ops.relu(margin - _distance(squared_distance(a, n)))
-            loss = loss + 0.5 * ops.square(gap)
+    for n in negatives:
+        gap = ops.relu(margin - _distance(squared_distance(a, n)))
+        loss = loss + 0.5 * ops.square(gap)
     return loss
 
 
@@ -610,16 +421,14 @@ def triplet_loss(
     Returns:
         ``[B]`` per-triplet losses.
     """
-    if not margin > 0:
-        raise ValueError(f"`margin` must be > 0. Received: margin={margin}")
-    ns, nt = _negatives(neg_shop, neg_street, include_street_negative)
-    a, p, ns, nt = _prepare(normalize, anchor, positive, ns, nt)
+    a, p, negatives = _margin_triplet(
+        margin, normalize, include_street_negative, anchor, positive,
+        neg_shop, neg_street)
     d_pos = squared_distance(a, p)
     loss = None
-    for n in (ns, nt):
-        if n is not None:
-            hinge = ops.relu(d_pos - squared_distance(a, n) + margin)
-            loss = hinge if loss is None else loss + hinge
+    for n in negatives:
+        hinge = ops.relu(d_pos - squared_distance(a, n) + margin)
+        loss = hinge if loss is None else loss + hinge
     return loss
 
 
@@ -643,7 +452,7 @@ def cross_domain_loss(
             triplet and canonical t-STE losses.
 
     Returns:
-        ``[B]`` per-triplet losses (the poster sums them; the Loss class
+        ``[B]`` per-triplet losses (the poster sums them; ``MTNTrainer``
         averages, so the loss weight does not depend on the batch size).
     """
     if kind not in CROSS_DOMAIN_KINDS:
@@ -671,72 +480,3 @@ def cross_domain_loss(
         margin=DEFAULT_MARGINS[kind] if margin is None else margin,
         normalize=normalize, include_street_negative=include_street_negative,
     )
-
-
-TRIPLET_KEYS = ("anchor", "positive", "neg_shop", "neg_street")
-
-
-@keras.saving.register_keras_serializable(package="mtct_tf")
-class CrossDomainLoss(keras.losses.Loss):
-    """``cross_domain_loss`` as a Keras loss (mean over triplets by default).
-
-    ``y_true`` is ignored (pass any tensor). ``y_pred`` is either a dict with
-    keys ``anchor``, ``positive``, ``neg_shop`` and optionally
-    ``neg_street``, or a stacked ``[B, 3 or 4, D]`` tensor in that order.
-    Arguments mirror ``cross_domain_loss``.
-    """
-
-    def __init__(
-        self,
-        kind="tste_canonical",
-        alpha=1.0,
-        beta=None,
-        margin=None,
-        normalize=True,
-        include_street_negative=False,
-        name="cross_domain_loss",
-        reduction="sum_over_batch_size",
-        dtype=None,
-    ):
-        super().__init__(name=name, reduction=reduction, dtype=dtype)
-        if kind not in CROSS_DOMAIN_KINDS:
-            raise ValueError(
-                f"`kind` must be one of {CROSS_DOMAIN_KINDS}. Received: "
-                f"kind={kind!r}"
-            )
-        if kind.startswith("tste"):
-            _check_alpha_beta(alpha, beta, kind == "tste_canonical")
-        if margin is not None and not margin > 0:
-            raise ValueError(
-                f"`margin` must be > 0. Received: margin={margin}"
-            )
-        self.kind = kind
-        self.alpha = float(alpha)
-        self.beta = None if beta is None else float(beta)
-        self.margin = None if margin is None else float(margin)
-        self.normalize = bool(normalize)
-        self.include_street_negative = bool(include_street_negative)
-
-    def call(self, y_true, y_pred):
-        if isinstance(y_pred, dict):
-            parts = [y_pred.get(k) for k in TRIPLET_KEYS]
-        else:
-            parts = [y_pred[:, i] for i in range(y_pred.shape[1])]
-            parts += [None] * (4 - len(parts))
-        return cross_domain_loss(
-            self.kind, *parts, alpha=self.alpha, beta=self.beta,
-            margin=self.margin, normalize=self.normalize,
-            include_street_negative=self.include_street_negative,
-        )
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            kind=self.kind,
-            alpha=self.alpha,
-            beta=self.beta,
-            margin=self.margin,
-            normalize=self.normalize,
-            include_street_negative=self.include_street_negative,
-        )
-        return config

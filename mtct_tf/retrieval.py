@@ -29,16 +29,31 @@ from mtct_tf import fileio
 
 # Retrieval accuracy is reported at these k (DeepFashion's curve runs to 50).
 TOP_K = (1, 5, 10, 20)
+# Rows are divided by max(||x||, this): a zero row stays 0.
 _EPSILON = 1e-12
 
 
 def normalize(x):
-    """Rows of ``x`` scaled to unit L2 norm (float32; zero rows stay 0)."""
+    """Rows of ``x`` scaled to unit L2 norm (float32; zero rows stay 0).
+
+    Args:
+        x: [N, D] embeddings.
+
+    Returns:
+        float32 [N, D] NumPy array.
+
+    Raises:
+        ValueError: ``x`` is not [N, D].
+    """
+    # Keras only here: building a gallery from a file needs no TensorFlow
+    # before this.
+    import keras
+
     x = np.asarray(x, np.float32)
     if x.ndim != 2:
         raise ValueError(f"embeddings must be [N, D]. Received: {x.shape}")
-    norm = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.maximum(norm, _EPSILON)
+    return keras.ops.convert_to_numpy(
+        keras.ops.normalize(x, axis=-1, epsilon=_EPSILON))
 
 
 @dataclasses.dataclass
@@ -233,23 +248,30 @@ def search_recall(approximate, exact):
 # --------------------------------------------------------------------------
 
 
+@dataclasses.dataclass
 class Embedder:
     """Embeds image batches with an MTN or an exported SavedModel.
 
-    Build with ``load_embedder``. ``image_size`` is the model's input side,
-    ``margin`` the context its training crops had around a box.
+    Build with ``load_embedder``.
+
+    Attributes:
+        fn: images -> embeddings (the model's ``embedding`` output).
+        image_size: the model's input side.
+        margin: the context its training crops had around a box.
+        source: what was loaded (for messages).
+        keep: an object to keep alive with ``fn`` (a loaded SavedModel,
+            whose variables its signature function needs).
     """
 
-    def __init__(self, fn, image_size, margin, source, keep=None):
-        self._fn = fn
-        self._keep = keep  # Keeps a loaded SavedModel's variables alive.
-        self.image_size = image_size
-        self.margin = margin
-        self.source = source
+    fn: object
+    image_size: int
+    margin: float
+    source: str
+    keep: object = None
 
     def __call__(self, images):
         """float32 [B, S, S, 3] in [0, 255] -> unit embeddings [B, D]."""
-        return normalize(np.asarray(self._fn(images)))
+        return normalize(np.asarray(self.fn(images)))
 
 
 def load_embedder(model, *, stage=None, margin=None):
@@ -306,11 +328,11 @@ def embed_shards(embedder, shards_dir, split, domain, *, batch_size=64,
     Raises:
         ValueError: the split holds no image of the domain.
     """
-    from mtct_tf.data import pipeline
+    from mtct_tf.data import pipeline, shards
 
     ds = pipeline.make_dataset(
-        pipeline.shard_files(shards_dir, split),
-        pipeline.load_schema(shards_dir),
+        shards.shard_files(shards_dir, split),
+        shards.load_schema(shards_dir),
         image_size=embedder.image_size, batch_size=batch_size,
         training=False, domain=domain, crop_to_bbox=crop_to_bbox,
         margin=embedder.margin, repeat=False, with_meta=True)
@@ -409,15 +431,16 @@ def gallery_images(gallery, ids):
     """
     import tensorflow as tf
 
-    from mtct_tf.data import features, pipeline
+    from mtct_tf.data import features, shards
 
     wanted, found = set(ids), {}
-    shards, split = gallery.info.get("shards"), gallery.info.get("split")
-    if not shards or not os.path.isdir(shards):
+    shards_dir, split = gallery.info.get("shards"), gallery.info.get("split")
+    if not shards_dir or not os.path.isdir(shards_dir):
         return found
     spec = {features.SOURCE_ID: tf.io.FixedLenFeature([], tf.string),
             features.ENCODED: tf.io.FixedLenFeature([], tf.string)}
-    for raw in tf.data.TFRecordDataset(pipeline.shard_files(shards, split)):
+    for raw in tf.data.TFRecordDataset(
+            shards.shard_files(shards_dir, split)):
         record = tf.io.parse_single_example(raw, spec)
         source = record[features.SOURCE_ID].numpy().decode()
         if source in wanted:

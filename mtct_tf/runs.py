@@ -30,7 +30,7 @@ from mtct_tf import attributes as attributes_lib
 from mtct_tf import configs as configs_lib
 from mtct_tf import model as model_lib
 from mtct_tf import stages as stages_lib
-from mtct_tf.data import features, pipeline
+from mtct_tf.data import features, shards
 
 CONFIG_FILE = "config.yaml"
 MODEL_FILE = "model.keras"
@@ -81,7 +81,7 @@ def data_schema(config):
     """The schema of the config's data: ``config.schema`` or the shards'."""
     if config.schema:
         return attributes_lib.get_schema(config.schema)
-    return pipeline.load_schema(config.data.shards_dir)
+    return shards.load_schema(config.data.shards_dir)
 
 
 def trained_schema(folder):

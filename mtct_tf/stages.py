@@ -178,9 +178,9 @@ def _budget(config):
     """Steps per epoch: (shop, street, one-stage) and one-stage epochs."""
     d = config.data
     n_shop = shards.count_records(
-        pipeline.shard_files(d.shards_dir, "train"), "shop")
+        shards.shard_files(d.shards_dir, "train"), "shop")
     n_street = shards.count_records(
-        pipeline.shard_files(street_dir(config), "train"), "street")
+        shards.shard_files(street_dir(config), "train"), "street")
     shop_spe = config.shop.steps_per_epoch or math.ceil(n_shop / d.batch_size)
     street_spe = config.street.steps_per_epoch or math.ceil(
         n_street * d.street_label_fraction / d.batch_size)
@@ -202,9 +202,9 @@ class _Records:
     def __init__(self, config, schema, strategy):
         d = self.d = config.data
         self.config, self.schema, self.strategy = config, schema, strategy
-        self.shop = {s: pipeline.shard_files(d.shards_dir, s)
+        self.shop = {s: shards.shard_files(d.shards_dir, s)
                      for s in ("train", "val")}
-        self.street = {s: pipeline.shard_files(street_dir(config), s)
+        self.street = {s: shards.shard_files(street_dir(config), s)
                        for s in ("train", "val")}
         self.common = dict(image_size=d.image_size, batch_size=d.batch_size,
                            margin=d.margin, seed=config.seed,

@@ -35,7 +35,7 @@ instead.
 Under a ``tf.distribute`` strategy each replica holds a share of the global
 batch and the optimiser sums the replicas' gradients. Each masked mean is
 therefore divided by the *global* count of its labels (all-reduced across
-replicas, one small all-reduce per step; ``losses.global_counts`` and
+replicas, one small all-reduce per step; ``distribute.global_counts`` and
 ``losses.global_shares``) and the triplet mean by the global number of
 triplets: the replicas' losses add up to exactly the loss of the
 global batch, and so do their gradients, even when replicas hold different
@@ -51,6 +51,7 @@ import tensorflow as tf
 
 from mtct_tf import attributes as attributes_lib
 from mtct_tf import configs as configs_lib
+from mtct_tf import distribute
 from mtct_tf import losses as losses_lib
 
 # Training-time recall of multilabel heads counts the k best of each image.
@@ -158,8 +159,9 @@ class MTNTrainer(keras.Model):
         """The losses of a batch.
 
         Under a strategy with several replicas the losses are this
-        replica's shares of the global-batch losses (``losses.global_shares``): they
-        add up over the replicas to the global values.
+        replica's shares of the global-batch losses
+        (``losses.global_shares``): they add up over the replicas to the
+        global values.
 
         Returns:
             ``(total, ce, cross, per-attribute ce, street outputs,
@@ -174,7 +176,7 @@ class MTNTrainer(keras.Model):
             counts.append(tf.cast(tf.shape(x["image"])[0], tf.float32))
         if use_shop:
             counts += [losses_lib.label_count(shop_labels[a]) for a in names]
-        local, total_counts = losses_lib.global_counts(counts)
+        local, total_counts = distribute.global_counts(counts)
 
         outputs = self.net(x["image"], training=training)
         preds = {a: outputs[a] for a in names}
@@ -231,7 +233,7 @@ class MTNTrainer(keras.Model):
     def _track(self, total, ce, cross, per_attr, preds, labels, labelled):
         # Replica shares times the number of replicas: the metrics' mean
         # over replicas (and their cross-replica reads) is the global value.
-        replicas = losses_lib.num_replicas()
+        replicas = distribute.num_replicas()
         if replicas > 1:
             total, ce, cross = (v * replicas for v in (total, ce, cross))
             per_attr = {a: v * replicas for a, v in per_attr.items()}

@@ -14,8 +14,9 @@ import tensorflow as tf
 from mtct_tf import benchmark
 from mtct_tf import model as model_lib
 from mtct_tf.benchmarks import measurement
-from mtct_tf.benchmarks import report as report_lib
-from mtct_tf.benchmarks import speed, summary
+from mtct_tf.benchmarks import speed
+from mtct_tf.benchmarks import speed_report as report_lib
+from mtct_tf.benchmarks import speed_summary as summary
 
 SECTIONS = ("## Machine", "## Targets", "## 1. Matrix-multiply peak",
             "## 2. Training step", "## 3. Input pipeline", "## 4. Serving",

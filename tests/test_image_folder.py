@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mtct_tf.data import convert, deepfashion, image_folder, pipeline
+from mtct_tf.data import convert, image_folder, manifest, pipeline
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COLOURS = {"coat": (200, 30, 30), "dress": (30, 200, 30),
@@ -141,7 +141,7 @@ def test_file_that_is_not_an_image(tmp_path):
     os.remove(notes)
     bad = os.path.join(root, "train", "coat", "broken.jpg")
     open(bad, "wb").write(b"\x00" * 50)
-    with pytest.raises(deepfashion.AnnotationError, match="broken.jpg"):
+    with pytest.raises(manifest.ManifestError, match="broken.jpg"):
         image_folder.import_image_folder(root, str(tmp_path / "o3"))
     report = image_folder.import_image_folder(root, str(tmp_path / "o4"),
                                               skip_bad=True)

@@ -1,11 +1,5 @@
 """Tests of mtct_tf.losses against independent float64 NumPy computations."""
 
-import json
-import os
-import subprocess
-import sys
-import textwrap
-
 import keras
 import numpy as np
 import pytest
@@ -112,36 +106,34 @@ def test_masked_sce_matches_numpy(rng, from_logits):
     np.testing.assert_allclose(to_np(got), np_sce(y, pred, from_logits),
                                rtol=RTOL)
     assert to_np(got)[1] == 0.0 and to_np(got)[4] == 0.0
-    loss = losses.MaskedSparseCategoricalCrossentropy(from_logits=from_logits)
-    value = float(loss(y[:, None], pred.astype("float32")))
-    want = np_masked_mean_sce(y, pred, from_logits)
+
+
+@pytest.mark.parametrize("from_logits", [False, True])
+def test_multitask_masked_mean_is_over_labelled_samples(rng, from_logits):
+    y = np.array([2, -1, 0, 1, -1, 3])
+    if from_logits:
+        pred = rng.normal(size=(6, 4)) * 3
+    else:
+        pred = rng.dirichlet(np.ones(4), size=6) * 0.9 + 0.025
+    _, per = losses.multitask_loss({"a": y[:, None]},
+                                   {"a": pred.astype("float32")},
+                                   from_logits=from_logits)
+    value = float(per["a"])
     # The mean over the 4 labelled samples, not diluted over all 6.
-    assert value == pytest.approx(want, rel=RTOL)
     assert value == pytest.approx(np_sce(y, pred, from_logits).sum() / 4,
                                   rel=RTOL)
     assert value != pytest.approx(np_sce(y, pred, from_logits).mean())
 
 
-def test_masked_sce_sample_weight(rng):
-    y = np.array([1, -1, 0, 2])
-    logits = rng.normal(size=(4, 3))
-    w = np.array([2.0, 5.0, 0.5, 1.0])
-    loss = losses.MaskedSparseCategoricalCrossentropy(from_logits=True)
-    value = float(loss(y, logits, sample_weight=w))
-    want = (w * np_sce(y, logits, True)).sum() / 3
-    assert value == pytest.approx(want, rel=RTOL)
-
-
-def test_masked_sce_gradient_matches_numpy(rng):
+def test_multitask_gradient_matches_numpy(rng):
     # d L / d z_b = (softmax(z_b) - onehot(y_b)) / count for labelled rows,
     # 0 for missing rows.
     y = np.array([1, -1, 0, -1, 2])
     logits = rng.normal(size=(5, 3)).astype("float32")
     z = tf.Variable(logits)
-    loss = losses.MaskedSparseCategoricalCrossentropy(from_logits=True)
     with tf.GradientTape() as tape:
-        value = loss(y, z)
-    grad = tape.gradient(value, z).numpy()
+        total, _ = losses.multitask_loss({"a": y}, {"a": z}, from_logits=True)
+    grad = tape.gradient(total, z).numpy()
     soft = np.exp(np_log_softmax(logits.astype(np.float64)))
     want = np.zeros_like(soft)
     for b, label in enumerate(y):
@@ -152,38 +144,29 @@ def test_masked_sce_gradient_matches_numpy(rng):
 
 
 @pytest.mark.parametrize("from_logits", [False, True])
-def test_all_missing_batch_gives_zero_and_finite_gradient(from_logits):
-    y = np.array([-1, -1, -1])
+def test_multitask_all_missing_gives_zero_and_finite_gradient(from_logits):
     init = np.array([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]], "float32")
     if from_logits:
         init = init * 50.0  # Extreme logits must not leak NaN either.
-    z = tf.Variable(init)
-    loss = losses.MaskedSparseCategoricalCrossentropy(from_logits=from_logits)
+    z, tags = tf.Variable(init), tf.Variable(init)
+    y = {"a": np.array([-1, -1, -1]), "tags": -np.ones((3, 2))}
     with tf.GradientTape() as tape:
-        value = loss(y, z)
-    grad = tape.gradient(value, z).numpy()
-    assert float(value) == 0.0
-    assert np.all(np.isfinite(grad)) and np.all(grad == 0)
+        total, _ = losses.multitask_loss(y, {"a": z, "tags": tags},
+                                         from_logits=from_logits)
+    grads = tape.gradient(total, [z, tags])
+    assert float(total) == 0.0
+    for grad in grads:
+        assert np.all(np.isfinite(grad)) and np.all(grad.numpy() == 0)
 
 
-# --- Masked binary cross-entropy.
-
-
-@pytest.mark.parametrize("from_logits", [False, True])
-def test_masked_bce_matches_numpy(rng, from_logits):
+def test_multitask_multilabel_probabilities_match_numpy(rng):
     y = np.array([[1, 0, -1, 1], [-1, -1, -1, -1], [0, 0, 1, -1]], "float64")
-    pred = rng.normal(size=(3, 4)) if from_logits else rng.uniform(
-        0.05, 0.95, size=(3, 4)
-    )
-    elems, known = np_bce(y, pred, from_logits)
-    per_sample = elems.sum(1) / np.maximum(known.sum(1), 1)
-    got = losses.masked_binary_crossentropy(y, pred, from_logits=from_logits)
-    np.testing.assert_allclose(to_np(got), per_sample, rtol=RTOL)
-    assert to_np(got)[1] == 0.0
-    loss = losses.MaskedBinaryCrossentropy(from_logits=from_logits)
-    value = float(loss(y, pred.astype("float32")))
+    pred = rng.uniform(0.05, 0.95, size=(3, 4))
+    elems, known = np_bce(y, pred, False)
+    _, per = losses.multitask_loss({"tags": y},
+                                   {"tags": pred.astype("float32")})
     # Mean over the 6 known (image, attribute) pairs.
-    assert value == pytest.approx(elems.sum() / 6, rel=RTOL)
+    assert float(per["tags"]) == pytest.approx(elems.sum() / 6, rel=RTOL)
 
 
 # --- Multi-task loss.
@@ -254,18 +237,6 @@ def test_cross_domain_matches_numpy(rng, kind, kwargs, normalize):
     np.testing.assert_allclose(to_np(got), want, rtol=RTOL, atol=1e-12)
     if kind in ("triplet", "contrastive") and not normalize:
         assert np.any(want > 0)  # The hinges are active somewhere.
-
-
-def test_tste_kernel_matches_numpy():
-    d = np.array([0.0, 0.5, 4.0, 100.0])
-    np.testing.assert_allclose(
-        to_np(losses.tste_kernel(d, alpha=2.0)), (1 + d / 2) ** -1.5,
-        rtol=RTOL,
-    )
-    np.testing.assert_allclose(
-        to_np(losses.tste_kernel(d, alpha=1.0, beta=2.0)), (1 + d) ** 2.0,
-        rtol=RTOL,
-    )
 
 
 def _direction_geometry(rng, b=6, d=8, normalize=True):
@@ -405,164 +376,3 @@ def test_cross_domain_argument_errors(rng):
         losses.cross_domain_loss("triplet", a, p, ns, margin=-1.0)
     with pytest.raises(ValueError, match=r"\[B, D\]"):
         losses.cross_domain_loss("triplet", a[0], p[0], ns[0])
-
-
-def test_cross_domain_loss_class_inputs(rng):
-    a, p, ns, nt = (x.astype("float32") for x in _triplets(rng))
-    loss = losses.CrossDomainLoss("tste_poster", alpha=2.0)
-    want = np_cross_domain("tste_poster", a, p, ns, nt, alpha=2.0).mean()
-    stacked = np.stack([a, p, ns, nt], axis=1)
-    dummy = np.zeros((5,), "float32")
-    assert float(loss(dummy, stacked)) == pytest.approx(want, rel=RTOL)
-    as_dict = {"anchor": a, "positive": p, "neg_shop": ns, "neg_street": nt}
-    assert float(loss(dummy, as_dict)) == pytest.approx(want, rel=RTOL)
-    canonical = losses.CrossDomainLoss()  # 3 stacked embeddings suffice.
-    want = np_cross_domain("tste_canonical", a, p, ns, nt).mean()
-    assert float(canonical(dummy, stacked[:, :3])) == pytest.approx(
-        want, rel=RTOL
-    )
-
-
-# --- Serialization and Keras integration.
-
-
-@pytest.mark.parametrize(
-    "loss",
-    [
-        losses.MaskedSparseCategoricalCrossentropy(
-            from_logits=True, cross_replica=False, name="colour_ce"
-        ),
-        losses.MaskedBinaryCrossentropy(from_logits=True),
-        losses.CrossDomainLoss(
-            "triplet", margin=0.5, normalize=False,
-            include_street_negative=True,
-        ),
-        losses.CrossDomainLoss("tste_poster", alpha=2.0, beta=0.5),
-    ],
-)
-def test_loss_serialization_round_trip(loss):
-    config = loss.get_config()
-    clone = type(loss).from_config(config)
-    assert clone.get_config() == config
-    serialized = keras.saving.serialize_keras_object(loss)
-    assert serialized["registered_name"].startswith("mtct_tf>")
-    restored = keras.saving.deserialize_keras_object(serialized)
-    assert type(restored) is type(loss)
-    assert restored.get_config() == config
-
-
-def _tiny_model():
-    inputs = keras.Input((4,))
-    hidden = keras.layers.Dense(5, activation="relu", name="hidden")(inputs)
-    outputs = {
-        "colour": keras.layers.Dense(3, activation="softmax", name="colour")(
-            hidden
-        ),
-        "tags": keras.layers.Dense(2, name="tags")(hidden),
-    }
-    return keras.Model(inputs, outputs)
-
-
-def test_compile_dict_losses_fit_one_step(rng, tmp_path):
-    keras.utils.set_random_seed(0)
-    model = _tiny_model()
-    model.compile(
-        optimizer=keras.optimizers.SGD(learning_rate=0.0),
-        loss={
-            "colour": losses.MaskedSparseCategoricalCrossentropy(),
-            "tags": losses.MaskedBinaryCrossentropy(from_logits=True),
-        },
-        loss_weights={"colour": 1.0, "tags": 0.5},
-    )
-    x = rng.normal(size=(4, 4)).astype("float32")
-    y = {
-        "colour": np.array([2, -1, 0, -1]),
-        "tags": np.array([[1, -1], [0, 1], [-1, -1], [1, 0]], "float32"),
-    }
-    history = model.fit(x, y, batch_size=4, epochs=1, verbose=0)
-    pred = {k: v.astype(np.float64) for k, v in model.predict(
-        x, verbose=0).items()}
-    want_colour = np_masked_mean_sce(y["colour"], pred["colour"])
-    elems, known = np_bce(y["tags"].astype(np.float64), pred["tags"], True)
-    want = want_colour + 0.5 * elems.sum() / known.sum()
-    assert history.history["loss"][0] == pytest.approx(want, rel=1e-5)
-    # Saved and reloaded with the compiled losses.
-    path = os.path.join(tmp_path, "tiny.keras")
-    model.save(path)
-    reloaded = keras.models.load_model(path)
-    assert reloaded.evaluate(x, y, verbose=0, return_dict=True)[
-        "loss"
-    ] == pytest.approx(want, rel=1e-5)
-
-
-_DISTRIBUTED_SCRIPT = textwrap.dedent(
-    """
-    import json, sys
-    import numpy as np
-    import tensorflow as tf
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(
-        cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    import keras
-    from mtct_tf import losses
-
-    x = np.eye(4, dtype="float32")
-    # Replica 0 gets rows 0-1 (2 labelled), replica 1 rows 2-3 (1 labelled).
-    y = np.array([0, 1, 2, -1])
-    out = {}
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-    for cross in (True, False):
-        keras.utils.set_random_seed(0)
-        with strategy.scope():
-            inputs = keras.Input((4,))
-            logits = keras.layers.Dense(3, use_bias=False, name="head")(inputs)
-            model = keras.Model(inputs, logits)
-            model.compile(
-                optimizer=keras.optimizers.SGD(learning_rate=1.0),
-                loss=losses.MaskedSparseCategoricalCrossentropy(
-                    from_logits=True, cross_replica=cross),
-            )
-        w0 = model.get_layer("head").get_weights()[0]
-        h = model.fit(x, y, batch_size=4, epochs=1, verbose=0, shuffle=False)
-        w1 = model.get_layer("head").get_weights()[0]
-        out[str(cross)] = {"w0": w0.tolist(), "grad": (w0 - w1).tolist(),
-                           "loss": h.history["loss"][0]}
-    print("RESULT" + json.dumps(out))
-    """
-)
-
-
-@pytest.mark.large
-def test_masked_mean_under_mirrored_strategy():
-    """~20 s: starts a TensorFlow process with two virtual CPUs."""
-    # Two virtual CPUs must be configured before TensorFlow starts, hence
-    # a separate process.
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    proc = subprocess.run(
-        [sys.executable, "-c", _DISTRIBUTED_SCRIPT], capture_output=True,
-        text=True, env=env, cwd=root, timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    line = [s for s in proc.stdout.splitlines() if s.startswith("RESULT")][0]
-    result = json.loads(line[len("RESULT"):])
-    y = np.array([0, 1, 2, -1])
-    for cross, res in result.items():
-        w0 = np.array(res["w0"], np.float64)
-        # x = I, so the logits are the rows of W and dL/dW = dL/dlogits.
-        ce = np_sce(y, w0, True)
-        soft = np.exp(np_log_softmax(w0))
-        residual = np.where((y >= 0)[:, None], soft - np.eye(3)[y.clip(0)], 0)
-        if cross == "True":
-            # Exact global masked mean over the 3 labelled samples.
-            want_loss = ce.sum() / 3
-            want_grad = residual / 3
-        else:
-            # Mean over the two replicas of their own masked means.
-            want_loss = (ce[:2].sum() / 2 + ce[2:].sum() / 1) / 2
-            want_grad = np.concatenate(
-                [residual[:2] / 2, residual[2:] / 1]
-            ) / 2
-        assert res["loss"] == pytest.approx(want_loss, rel=1e-5), cross
-        np.testing.assert_allclose(res["grad"], want_grad, rtol=1e-4,
-                                   atol=1e-6, err_msg=cross)

@@ -2,10 +2,12 @@
 
 * ``speed``: how close training, input and serving come to the machine's
   limits (``docs/BENCHMARKS.md``), in parts: ``measurement`` (the subprocess
-  harness and the measurements), ``summary`` (the maths) and ``report``
-  (the Markdown).
+  harness and the measurements), ``speed_summary`` (the maths) and
+  ``speed_report`` (the Markdown).
 * ``ablation``: the decisive benchmark of docs/PROTOCOL.md on X-Domain-synth
-  (``docs/RESULTS.md``).
+  (``docs/RESULTS.md``), in parts: ``ablation_arms`` (the arms, the data and
+  the cached runs), ``ablation_stats`` (summaries and paired verdicts),
+  ``ablation_report`` (the Markdown and ``--show``) and ``ablation_plots``.
 * ``retrieval``: ScaNN vs exact street-to-shop search
   (its section of ``docs/BENCHMARKS.md``).
 

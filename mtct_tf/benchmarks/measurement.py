@@ -5,10 +5,10 @@
 with the process's wall / CPU time and peak RSS added: the matmul peak,
 the training step per precision, the input pipeline in ``fit``, serving,
 the renderer, the converter, detector cropping and a short accuracy run.
-``mtct_tf.benchmarks.speed`` decides what to run; ``summary`` derives the
-numbers; ``report`` writes them. The harness and the eight measurements
-stay one module because every measurement is a worker of the same harness
-and shares its clock, model builder and data helpers.
+``mtct_tf.benchmarks.speed`` decides what to run; ``speed_summary``
+derives the numbers; ``speed_report`` writes them. The harness and the
+eight measurements stay one module because every measurement is a worker
+of the same harness and shares its clock, model builder and data helpers.
 
 TensorFlow is imported only inside the measurements: the ``python -m
 mtct_tf.benchmark`` parser imports this module and stays instant.
@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 
-from mtct_tf.benchmarks.summary import median, rate
+from mtct_tf.benchmarks.speed_summary import median, rate
 
 PAPER_BATCH = 16
 SMALL_BATCH = 32
@@ -272,11 +272,11 @@ def measure_pipeline(shards_dir, preset, batch_size, steps, rounds,
     feed adds to every training step.
     """
     tf = _quiet_tensorflow()
-    from mtct_tf.data import pipeline
+    from mtct_tf.data import pipeline, shards
 
     trainer = build_trainer(preset, precision)
     size = trainer.net.image_size
-    files = pipeline.shard_files(shards_dir, "train")
+    files = shards.shard_files(shards_dir, "train")
 
     def records(image_size=size):
         return pipeline.make_dataset(files, _schema(), image_size=image_size,

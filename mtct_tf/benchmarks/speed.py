@@ -30,8 +30,8 @@ Each measurement runs in its own Python process, so that its peak RSS
 measurements: ``python -m mtct_tf.benchmark --help`` stays instant.
 
 The parts: ``measurement`` (the subprocess harness and the measurements),
-``summary`` (the maths) and ``report`` (the Markdown); this module runs them
-in order and is the command line.
+``speed_summary`` (the maths) and ``speed_report`` (the Markdown); this
+module runs them in order and is the command line.
 """
 
 import datetime
@@ -46,8 +46,8 @@ from mtct_tf import fileio
 from mtct_tf.benchmarks.measurement import (PAPER_BATCH, PEAK_SIZES,
                                             SERVE_BATCH, SMALL_BATCH,
                                             machine_info, run_measurement)
-from mtct_tf.benchmarks.report import render_report
-from mtct_tf.benchmarks.summary import recommended_bf16, summarize
+from mtct_tf.benchmarks.speed_report import render_report
+from mtct_tf.benchmarks.speed_summary import recommended_bf16, summarize
 
 # Sizes of the full run and of --quick (the smoke test's).
 FULL = dict(items=200, image_size=128, workers=2, peak_sizes=PEAK_SIZES,

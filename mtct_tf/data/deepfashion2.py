@@ -31,8 +31,8 @@ import os
 import re
 
 from mtct_tf import attributes
-from mtct_tf.data.deepfashion import (AnnotationError, ManifestWriter,
-                                      check_files)
+from mtct_tf.data.deepfashion_files import AnnotationError, check_files
+from mtct_tf.data.manifest import ManifestWriter
 
 CATEGORIES = (
     "short sleeve top", "long sleeve top", "short sleeve outwear",
@@ -151,6 +151,7 @@ def convert(root, out_dir, *, parts=PARTS, val_fraction=0.1, skip_bad=False):
     Raises:
         MissingFilesError: naming every missing directory.
         AnnotationError: a malformed annotation file, named.
+        ManifestError: images missing on disk (unless ``skip_bad``).
     """
     parts = tuple(parts)
     unknown = [p for p in parts if p not in PARTS]
@@ -161,7 +162,7 @@ def convert(root, out_dir, *, parts=PARTS, val_fraction=0.1, skip_bad=False):
         raise ValueError("val_fraction must be in [0, 1). Received: "
                          f"val_fraction={val_fraction!r}")
     check_files(root, expected_files(parts), what="DeepFashion2")
-    writer = ManifestWriter(out_dir, root, schema())
+    writer = ManifestWriter(out_dir, schema(), root)
     counts = {"annotation_files": 0, "garments": 0, "paired_garments": 0}
     try:
         for part in parts:

@@ -1,5 +1,6 @@
-"""The tf.Example keys of the project's records, defined once, and the
-``tf.train.Feature`` builders that fill them.
+"""The tf.Example keys of the project's records, defined once, the constants
+every data module shares (domains, splits, the garment class, the image-size
+limit) and the ``tf.train.Feature`` builders that fill the keys.
 
 Keys follow TF Model Garden's detection format where one exists, so that the
 same record can feed both the attribute network and the detector.
@@ -26,8 +27,15 @@ IS_CROWD = "image/object/is_crowd"
 AREA = "image/object/area"
 
 # The class id of garments in detection records and detector outputs
-# (0 is Model Garden's background).
+# (0 is Model Garden's background), and its name in attribute records.
 GARMENT_CLASS = 1
+GARMENT_TEXT = "garment"
+
+# Larger images are refused before they are decoded, by the converter and by
+# the decoder of the pipeline and the serving graph: a small file can declare
+# a huge canvas (a "decompression bomb"), and no clothing photo needs more
+# than 40 megapixels.
+MAX_PIXELS = 40_000_000
 
 # The attribute schema beside a dataset, its shards, a stage's model and an
 # export (``attributes.AttributeSchema.save``).

@@ -34,7 +34,7 @@ import hashlib
 import os
 
 from mtct_tf import attributes
-from mtct_tf.data import deepfashion, features
+from mtct_tf.data import features, manifest
 
 # Split folder name -> our split.
 SPLIT_FOLDERS = {"train": "train", "validation": "val", "val": "val",
@@ -342,8 +342,7 @@ def import_image_folder(root, out_dir, *, attribute="category", csv_path=None,
     Raises:
         ImageFolderError: see ``scan`` and ``read_csv``; also an item found
             in several split folders.
-        deepfashion.AnnotationError: an unreadable image (not
-            ``skip_bad``).
+        manifest.ManifestError: an unreadable image (not ``skip_bad``).
     """
     if domain not in features.DOMAINS:
         raise ImageFolderError(f"domain must be one of {features.DOMAINS}. "
@@ -366,7 +365,7 @@ def import_image_folder(root, out_dir, *, attribute="category", csv_path=None,
         raise ImageFolderError(f"{root}: {e}") from None
 
     item_splits = collections.defaultdict(set)
-    writer = deepfashion.ManifestWriter(out_dir, root, schema)
+    writer = manifest.ManifestWriter(out_dir, schema, root=root)
     try:
         for photo in photos:
             row = extra.rows.get(photo.rel_path, {})

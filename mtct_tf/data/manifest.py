@@ -1,17 +1,30 @@
-"""Reading and validating JSONL manifests (docs/DATA_FORMAT.md).
+"""JSONL manifests (docs/DATA_FORMAT.md): the one writer and the reader.
 
 A manifest is what a dataset looks like on disk before conversion: one JSON
-object per image. Every problem is reported with the manifest path and line
-number, so that a user can fix the line; with ``skip_bad`` the bad lines are
-collected instead of raised.
+object per image, beside the ``schema.json`` its labels are coded with.
+Every dataset's manifest is written by ``ManifestWriter`` (the DeepFashion
+and DeepFashion2 converters, the synthetic renderer) and read back by
+``read_manifest``, which reports every problem with the manifest path and
+line number, so that a user can fix the line; with ``skip_bad`` the bad
+lines are collected instead of raised.
 """
 
+import collections
+import contextlib
 import dataclasses
 import json
 import os
 
+from mtct_tf import fileio
 from mtct_tf.data import features
 
+MANIFEST_FILE = "manifest.jsonl"
+# A converter's report beside the manifest (``ManifestWriter.finish``).
+REPORT_FILE = "conversion.json"
+# The link to a dataset root outside the manifest's directory: manifest
+# paths go through it, so they stay inside that directory as the shard
+# converter requires.
+IMAGES_LINK = "images"
 REQUIRED = ("id", "path", "domain", "item_id", "split", "attributes")
 
 
@@ -148,7 +161,7 @@ def read_manifest(path, schema, *, root=None, skip_bad=False,
                   allow_outside_root=False):
     """Reads a whole manifest, checking every line and that ids are unique.
 
-    Image files are not opened here (see ``mtct_tf.data.convert``).
+    Image files are not opened here (see ``mtct_tf.data.images``).
 
     Args:
         path: the JSONL manifest.
@@ -197,6 +210,188 @@ def read_manifest(path, schema, *, root=None, skip_bad=False,
     if not entries:
         raise ManifestError(
             f"{path}: no valid manifest line"
-            + (f" ({len(problems)} bad)" if problems else " (the file is empty)")
+            + (f" ({len(problems)} bad)" if problems
+               else " (the file is empty)")
         )
     return entries, problems
+
+
+# --------------------------------------------------------------------------
+# Writing.
+
+
+def _image_size(path):
+    """``(width, height)`` from the image header, or ``None`` if unreadable."""
+    # PIL only here: reading a manifest never opens an image.
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
+
+
+def _clip_box(box, width, height):
+    """Clips a pixel box to the image; ``None`` if nothing is left."""
+    x0, y0, x1, y1 = box
+    x0, x1 = max(0, min(x0, width)), max(0, min(x1, width))
+    y0, y1 = max(0, min(y0, height)), max(0, min(y1, height))
+    if x0 >= x1 or y0 >= y1:
+        return None
+    return [x0, y0, x1, y1]
+
+
+def _link(link, root):
+    """Points ``link`` at ``root`` (replacing an earlier link only)."""
+    target = os.path.abspath(root)
+    if os.path.islink(link):
+        if os.readlink(link) == target:
+            return
+        os.remove(link)
+    elif os.path.exists(link):
+        raise FileExistsError(
+            f"{link} exists and is not a symbolic link; the converter links "
+            f"it to the dataset root {target}: choose another --out")
+    os.symlink(target, link, target_is_directory=True)
+
+
+class ManifestWriter:
+    """Writes ``manifest.jsonl`` line by line and publishes it atomically.
+
+    Lines go to a hidden temporary file as they are added, and are checked:
+    the image is opened (header only) for its size unless the caller knows
+    it, its box is clipped to the image, and an unreadable image is recorded
+    as a problem (``where`` names the line's source) instead of a line.
+    ``finish`` writes ``schema.json`` and then renames the manifest into
+    place, so a manifest is never half written and never without its schema;
+    a writer that fails calls ``abort``.
+
+    Args:
+        out_dir: where ``manifest.jsonl`` and ``schema.json`` go (created).
+        schema: the ``AttributeSchema`` the labels are coded with.
+        root: where the images are: ``None`` for ``out_dir`` itself, or
+            another directory (a dataset as distributed), which ``finish``
+            links as ``<out_dir>/images`` and manifest paths go through.
+    """
+
+    def __init__(self, out_dir, schema, root=None):
+        self.out_dir, self.schema, self.root = out_dir, schema, root
+        os.makedirs(out_dir, exist_ok=True)
+        self.path = os.path.join(out_dir, MANIFEST_FILE)
+        self.tmp = fileio.temporary_path(self.path)
+        self.file = open(self.tmp, "w", encoding="utf-8")
+        self.counts = collections.Counter()
+        self.items = collections.defaultdict(set)
+        self.missing_images = []
+        self.boxes_clipped = 0
+        self.boxes_dropped = 0
+        self._last = (None, None)
+
+    def add(self, *, image_id, rel_path, domain, item_id, split, labels,
+            box=None, where=None, size=None):
+        """Adds the line of one image (or of one garment of an image).
+
+        Args:
+            image_id: the line's unique ``id``.
+            rel_path: the image's path relative to ``root``.
+            domain, item_id, split: the line's fields.
+            labels: attribute name -> value name(s), ``None`` = missing.
+            box: ``[xmin, ymin, xmax, ymax]`` in pixels, or ``None``.
+            where: names the line's source in a problem message.
+            size: ``(width, height)`` when known; else read from the file.
+        """
+        if size is None:
+            # Consecutive lines of one image (DeepFashion2 garments) read
+            # its header once.
+            if self._last[0] != rel_path:
+                self._last = (rel_path, _image_size(
+                    os.path.join(self.root or self.out_dir, rel_path)))
+            size = self._last[1]
+        if size is None:
+            self.missing_images.append(
+                f"{where or image_id}: image "
+                f"{os.path.join(self.root or self.out_dir, rel_path)} is "
+                "missing or not an image")
+            return
+        width, height = size
+        if box is not None:
+            clipped = _clip_box(box, width, height)
+            if clipped is None:
+                self.boxes_dropped += 1
+            elif list(clipped) != list(box):
+                self.boxes_clipped += 1
+            box = clipped
+        path = rel_path if self.root is None else f"{IMAGES_LINK}/{rel_path}"
+        line = {"id": image_id, "path": path,
+                "domain": domain, "item_id": item_id, "split": split,
+                "bbox": box, "width": width, "height": height,
+                "attributes": labels}
+        self.file.write(json.dumps(line, ensure_ascii=False) + "\n")
+        self.counts[(split, domain)] += 1
+        self.items[split].add(item_id)
+
+    def abort(self):
+        """Closes and removes the temporary manifest; nothing is published."""
+        self.file.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(self.tmp)
+
+    def finish(self, report=None, *, skip_bad=False):
+        """Publishes the schema and the manifest (and the link to ``root``).
+
+        Args:
+            report: the converter's own fields, written with the writer's
+                counts as ``conversion.json`` beside the manifest; ``None``
+                writes no report file.
+            skip_bad: publish even though some images were missing (they
+                are listed in the returned report).
+
+        Returns:
+            The report: ``report``'s fields, the manifest path, the schema,
+            image counts per split and domain, clipped and dropped boxes and
+            the missing images.
+
+        Raises:
+            ManifestError: images are missing and not ``skip_bad``, or no
+                line was added.
+        """
+        self.file.close()
+        if self.missing_images and not skip_bad:
+            self.abort()
+            shown = "\n".join(self.missing_images[:10])
+            more = len(self.missing_images) - 10
+            raise ManifestError(
+                f"{len(self.missing_images)} image(s) missing or unreadable"
+                f":\n{shown}" + (f"\n... and {more} more" if more > 0 else "")
+                + "\n(--skip_bad drops them)")
+        if not sum(self.counts.values()):
+            self.abort()
+            raise ManifestError("no image to write: every image was "
+                                "dropped (see the messages above)")
+        if self.root is not None:
+            _link(os.path.join(self.out_dir, IMAGES_LINK), self.root)
+        self.schema.save(os.path.join(self.out_dir, features.SCHEMA_FILE))
+        os.replace(self.tmp, self.path)
+        splits = {}
+        for (split, domain), n in sorted(self.counts.items()):
+            s = splits.setdefault(split, {"images": 0, "items": 0})
+            s["images"] += n
+            s[domain] = n
+            s["items"] = len(self.items[split])
+        summary = {
+            **(report or {}),
+            "manifest": os.path.abspath(self.path),
+            "schema": self.schema.name,
+            "attributes": {a.name: {"kind": a.kind, "values": a.num_values}
+                           for a in self.schema},
+            "images": sum(self.counts.values()),
+            "splits": splits,
+            "boxes_clipped": self.boxes_clipped,
+            "boxes_dropped": self.boxes_dropped,
+            "skipped_missing_images": self.missing_images,
+        }
+        if report is not None:
+            fileio.write_json(os.path.join(self.out_dir, REPORT_FILE),
+                              summary, newline=True, ensure_ascii=False)
+        return summary

@@ -1,29 +1,31 @@
 """The tf.data input pipeline that every training and evaluation stage uses.
 
-Records come from ``mtct_tf.data.convert`` (docs/DATA_FORMAT.md). The path of
-one record is::
+Records are tf.Examples in the format of ``mtct_tf.data.example``
+(docs/DATA_FORMAT.md), found as complete shard sets by
+``mtct_tf.data.shards``. The path of one record is::
 
-    serialized --parse_example--> {encoded, bbox, labels, ids}
+    serialized --example.parse_example--> {encoded, bbox, labels, ids}
        --(domain / label_fraction filters: cheap, before decoding)-->
        --preprocess: decode_image -> [jitter box] -> crop_and_resize
                      -> [flip, colour jitter]--> float32 [S, S, 3]
 
 Images leave the pipeline as float32 in [0, 255], not normalised: the models
 normalise inside themselves, so an exported model needs exactly
-``decode_image`` + ``crop_and_resize`` in front of it and nothing else. One
-module over 500 lines: it is the one input path of every stage, and the
-serving graph imports its decoding and cropping, so training and serving
-cannot drift apart.
+``decode_image`` + ``crop_and_resize`` in front of it and nothing else; the
+serving graph imports both, so training and serving cannot drift apart.
 """
 
-import json
 import os
-import re
 
 import tensorflow as tf
 
 from mtct_tf import attributes
-from mtct_tf.data import convert, exif, features
+from mtct_tf.data import exif, features
+from mtct_tf.data.example import FULL_BOX, parse_example
+from mtct_tf.data.shards import load_schema, shard_files
+# Not used here: imported for the callers that know them as
+# ``pipeline.load_summary`` and ``pipeline.num_records``.
+from mtct_tf.data.shards import load_summary, num_records  # noqa: F401
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -50,7 +52,6 @@ CHANNEL_GAIN_JITTER = 0.08
 # label_fraction resolution: items are kept by a 64-bit fingerprint of their
 # id reduced to this many buckets.
 _FRACTION_BUCKETS = 1_000_000
-_FULL_BOX = (0.0, 0.0, 1.0, 1.0)
 # Framing augmentations of ``frame`` (training only).
 BOX, CROP = "box", "crop"
 AUGMENTATIONS = (BOX, CROP)
@@ -62,146 +63,10 @@ AUGMENTATIONS = (BOX, CROP)
 CROP_MIN_AREA = 0.25
 CROP_ASPECT_RANGE = (3 / 4, 4 / 3)
 _READ_BUFFER = 2**20  # Bytes per open shard: a few dozen records.
-# Temporary shards: ours (``.<shard>.tmp``) and ``<shard>.tmp-<pid>``.
-_TMP_RE = re.compile(r"^\.?(?P<split>[a-z]+)-\d{5}-of-\d{5}\.tfrecord\.tmp")
 
 
 # --------------------------------------------------------------------------
-# Files.
-
-
-def shard_files(shards_dir, split, *, check_complete=True):
-    """The shard files of one split, sorted.
-
-    Args:
-        shards_dir: a directory of ``<split>-NNNNN-of-NNNNN.tfrecord`` files,
-            as written by ``convert_manifest`` (or the detector's cropper).
-        split: ``"train"``, ``"val"`` or ``"test"``.
-        check_complete: also require a complete set (every ``k`` of
-            ``-of-N`` present, one ``N``) and no temporary shard of the split
-            (left by a conversion that is running or was killed).
-
-    Returns:
-        A sorted list of paths.
-
-    Raises:
-        FileNotFoundError: no shard of ``split``; the message names the
-            directory, the expected pattern and the splits that exist.
-        ValueError: an incomplete or mixed set, or an unfinished conversion.
-    """
-    if split not in features.SPLITS:
-        raise ValueError(f"split must be one of {features.SPLITS}. "
-                         f"Received: split={split!r}")
-    names = os.listdir(shards_dir) if os.path.isdir(shards_dir) else []
-    found, temporary = {}, []
-    for name in names:
-        m = convert.SHARD_RE.match(name)
-        if m:
-            found.setdefault(m["split"], []).append(
-                (int(m["index"]), int(m["count"]), name))
-            continue
-        m = _TMP_RE.match(name)
-        if m and m["split"] == split:
-            temporary.append(name)
-    mine = sorted(found.get(split, []))
-    pattern = os.path.join(shards_dir, f"{split}-NNNNN-of-NNNNN.tfrecord")
-    if not mine:
-        have = ", ".join(sorted(found)) or "none"
-        raise FileNotFoundError(
-            f"No shards of split {split!r} in {shards_dir}: expected files "
-            f"named {pattern} (written by datasets/convert_manifest.py). "
-            f"Splits present: {have}."
-        )
-    if check_complete:
-        if temporary:
-            raise ValueError(
-                f"Unfinished conversion in {shards_dir}: temporary files "
-                f"{sorted(temporary)} are left (a conversion is running or "
-                "was killed); rerun datasets/convert_manifest.py."
-            )
-        counts = {count for _, count, _ in mine}
-        indices = [index for index, _, _ in mine]
-        if len(counts) != 1 or indices != list(range(next(iter(counts)))):
-            raise ValueError(
-                f"Incomplete or mixed set of {split!r} shards in {shards_dir}"
-                f": found {[name for _, _, name in mine]}; rerun "
-                "datasets/convert_manifest.py."
-            )
-    return [os.path.join(shards_dir, name) for _, _, name in mine]
-
-
-def load_schema(shards_dir):
-    """The ``AttributeSchema`` saved beside the shards (``schema.json``)."""
-    path = os.path.join(shards_dir, convert.SCHEMA)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"{path} does not exist: expected the schema that "
-            "datasets/convert_manifest.py writes beside the shards."
-        )
-    return attributes.AttributeSchema.load(path)
-
-
-def load_summary(shards_dir):
-    """The conversion summary (``summary.json``) as a dict."""
-    with open(os.path.join(shards_dir, convert.SUMMARY), encoding="utf-8") as f:
-        return json.load(f)
-
-
-def num_records(shards_dir, split, domain=None):
-    """Records of a split (and domain) according to ``summary.json``.
-
-    Useful for ``steps_per_epoch`` with the infinite training datasets.
-    """
-    s = load_summary(shards_dir)["splits"].get(split)
-    if s is None:
-        return 0
-    return s["records"] if domain is None else s["domains"].get(domain, 0)
-
-
-# --------------------------------------------------------------------------
-# One record.
-
-
-def parse_example(serialized, schema):
-    """Parses one serialized tf.Example (no image decoding).
-
-    Args:
-        serialized: a scalar string tensor.
-        schema: the ``AttributeSchema``.
-
-    Returns:
-        Dict with ``"encoded"``, ``"source_id"``, ``"domain"``, ``"item_id"``
-        (scalar strings), ``"bbox"`` (float32 [4]: ymin, xmin, ymax, xmax,
-        normalised; the first box, or [0, 0, 1, 1] when the record has none)
-        and ``"labels"`` (dict attribute -> int32 scalar, -1 = missing; for
-        a multilabel attribute int32 [N], 1 / 0 / -1 per value).
-    """
-    schema = attributes.get_schema(schema)
-    full = convert.feature_spec(schema)
-    keys = [features.ENCODED, features.SOURCE_ID, features.DOMAIN,
-            features.ITEM_ID, features.BBOX_YMIN, features.BBOX_XMIN,
-            features.BBOX_YMAX, features.BBOX_XMAX]
-    keys += [features.attribute_key(n) for n in schema.names]
-    parsed = tf.io.parse_single_example(serialized, {k: full[k] for k in keys})
-    # Appending the default and taking element 0 picks the first box or the
-    # whole image without a tf.cond.
-    bbox = tf.stack([
-        tf.concat([parsed[key].values, [default]], axis=0)[0]
-        for key, default in zip(
-            (features.BBOX_YMIN, features.BBOX_XMIN, features.BBOX_YMAX,
-             features.BBOX_XMAX), _FULL_BOX)
-    ])
-    return {
-        "encoded": parsed[features.ENCODED],
-        "source_id": parsed[features.SOURCE_ID],
-        "domain": parsed[features.DOMAIN],
-        "item_id": parsed[features.ITEM_ID],
-        "bbox": bbox,
-        "labels": {
-            n: tf.cast(parsed[features.attribute_key(n)], tf.int32)
-            for n in schema.names
-        },
-    }
+# One image.
 
 
 def _be(data, pos, n):
@@ -255,7 +120,7 @@ def declared_pixels(encoded):
     ], default=zero, exclusive=False)
 
 
-def decode_image(encoded, max_pixels=convert.MAX_PIXELS):
+def decode_image(encoded, max_pixels=features.MAX_PIXELS):
     """Decodes JPEG / PNG (colour or greyscale) bytes to uint8 [H, W, 3].
 
     A JPEG's EXIF orientation is applied (``exif.orient``), so the pixels
@@ -482,7 +347,7 @@ def random_resized_crop(image, bbox, image_size, margin, seed,
                           x0 + 1, shape[1])
     region = image[y0:y1, x0:x1]
     begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
-        tf.shape(region), tf.constant([[_FULL_BOX]], tf.float32),
+        tf.shape(region), tf.constant([[FULL_BOX]], tf.float32),
         seed=tf.cast(seed, tf.int64), min_object_covered=0.0,
         aspect_ratio_range=CROP_ASPECT_RANGE, area_range=(min_area, 1.0),
         max_attempts=10, use_image_if_no_bounding_boxes=True)
@@ -682,7 +547,7 @@ def make_dataset(shards, schema=None, *, image_size, batch_size, training,
         ds = ds.map(lambda record: (record, _element_seed(record, seed)))
 
     def to_example(record, element_seed=None):
-        bbox = record["bbox"] if crop_to_bbox else tf.constant(_FULL_BOX)
+        bbox = record["bbox"] if crop_to_bbox else tf.constant(FULL_BOX)
         image = record["image"] if decode_cache else decode_image(
             record["encoded"])
         image = frame(

@@ -9,11 +9,14 @@ the silhouette and trims, ``length`` the hem, ``shape`` the width, ``collar``
 the neckline, sleeves their length and profile, buttons are dots down the
 front and the pattern fills the garment in its colour.
 
+This module designs the items (attributes, garment outlines and trims,
+colours and patterns), splits them and writes the dataset (images,
+``schema.json`` and the manifest through ``manifest.ManifestWriter``);
+``synthetic_photos`` draws a designed garment in a shop or a street photo.
 Everything is a function of ``(seed, item index)``, so the output does not
-depend on the worker count. The parameters below are fixed before methods
-are compared (SPEC §7) and are never tuned per method. The drawing and the
-dataset writer stay in one module over 500 lines so that everything that
-defines the benchmark's data is in one file.
+depend on the worker count. The parameters here and in ``synthetic_photos``
+are fixed before methods are compared (SPEC §7) and are never tuned per
+method.
 """
 
 import contextlib
@@ -26,25 +29,15 @@ import sys
 import time
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter, ImageFont
+from PIL import Image, ImageDraw, ImageFont
 
 from mtct_tf import fileio
 from mtct_tf.attributes import synth_schema
-from mtct_tf.data import features
+from mtct_tf.data.manifest import ManifestWriter
+from mtct_tf.data.synthetic_photos import (MIRROR, shade, shop_photo,
+                                           street_photo)
 
-# === Fixed rendering parameters (SPEC §7: never tuned per method) ===
-SUPERSAMPLE = 2  # Draw at 2x and box-downsample: cheap anti-aliasing.
-SHOP_JPEG_QUALITY = 92
-SHOP_SCALE = 0.85  # Pixels per garment unit, as a fraction of the side.
-STREET_JPEG_QUALITY = (30, 75)
-STREET_SIZE = (0.35, 0.70)  # Longer garment box side / image side.
-STREET_ROTATION_DEG = 8.0
-STREET_GAIN = (0.8, 1.2)  # Per-channel colour cast.
-STREET_BRIGHTNESS = (0.7, 1.15)
-STREET_BLUR = (0.0, 1.0)  # Box blur radius in output pixels.
-STREET_NOISE = (2.0, 8.0)  # Gaussian sigma in grey levels.
-OCCLUSION_PROB = 0.6
-OCCLUSION_AREA = (0.08, 0.25)  # Occluder area / garment box area.
+# === Fixed garment parameters (SPEC §7: never tuned per method) ===
 # Pattern period, button radius and the half-distance of a double row, in
 # garment units (a regular body is 0.31 wide). Chosen so that a garment
 # cropped to its box and resized to 64 px still shows them: a period of
@@ -68,9 +61,6 @@ PALETTE = {
     "purple": (120, 50, 160), "pink": (240, 140, 180),
     "black": (25, 25, 28), "white": (245, 245, 242),
 }
-SKIN = ((241, 194, 160), (224, 172, 105), (198, 134, 66), (141, 85, 36),
-        (92, 58, 38))
-TROUSERS = ((50, 60, 100), (30, 30, 35), (110, 110, 115), (170, 150, 110))
 # Garment geometry in unit coordinates: neck centre at (0, 0), y down, a
 # regular body 0.31 wide.
 SHAPE_WIDTH = {"slim": 0.8, "regular": 1.0, "loose": 1.25}
@@ -81,14 +71,6 @@ SLEEVE_LENGTH = {"short": 0.12, "elbow": 0.25, "long": 0.44}
 NECK_DEPTH = {"round": 0.055, "v_neck": 0.14, "shirt_collar": 0.07,
               "turtleneck": 0.01}
 NW = 0.055  # Neck half-width.
-MIRROR = np.array([-1.0, 1.0])
-
-
-def _shade(rgb, k):
-    """Darkens (k < 0) or lightens (k > 0) a colour by the fraction |k|."""
-    c = np.asarray(rgb, np.float64)
-    c = c + (255.0 - c) * k if k > 0 else c * (1.0 + k)
-    return tuple(int(v) for v in np.clip(c, 0, 255))
 
 
 def sample_attributes(rng, forced=None):
@@ -217,7 +199,8 @@ def _garment(a, rng):
 
 
 def _style(a, rng, arm):
-    """Per-item colours (jittered), pattern period and phase, arm axis."""
+    """Per-item colours (jittered), pattern period and phase, button size
+    and arm axis: what ``synthetic_photos`` needs besides the ops."""
     colour = np.clip(np.add(PALETTE[a["colour"]], rng.integers(-10, 11, 3)),
                      0, 255)
     lum = colour @ [0.299, 0.587, 0.114]
@@ -225,210 +208,14 @@ def _style(a, rng, arm):
     return dict(
         # The secondary colour keeps the hue, so the label stays the colour.
         colour=tuple(int(c) for c in colour),
-        second=_shade(colour, 0.6 if dark else -0.5),
-        trim=_shade(colour, 0.45 if dark else -0.45),
-        inside=_shade(colour, 0.25 if dark else -0.4),
-        dark=_shade(colour, 0.15 if dark else -0.25),
+        second=shade(colour, 0.6 if dark else -0.5),
+        trim=shade(colour, 0.45 if dark else -0.45),
+        inside=shade(colour, 0.25 if dark else -0.4),
+        dark=shade(colour, 0.15 if dark else -0.25),
         button=(40, 40, 40) if lum > 140 else (235, 235, 225),
+        button_radius=BUTTON_RADIUS,
         pattern=a["pattern"], period=rng.uniform(*PATTERN_PERIOD),
         phase=tuple(rng.uniform(0, 1, 2)), arm=arm)
-
-
-def _pattern(u, v, kind):
-    """True where the secondary colour shows; u, v in pattern periods."""
-    fu, fv = u - np.floor(u), v - np.floor(v)  # numpy's float % is slow.
-    if kind == "horizontal_stripes":
-        return fv < 0.35
-    if kind == "vertical_stripes":
-        return fu < 0.35
-    if kind == "checks":
-        return (fu < 0.25) | (fv < 0.25)
-    if kind == "dots":
-        return (fu - 0.5) ** 2 + (fv - 0.5) ** 2 < 0.28 ** 2
-    w = (u + v) * 0.707  # Diagonal stripes.
-    return w - np.floor(w) < 0.35
-
-
-class _Frame:
-    """Affine map unit garment coordinates -> pixels: scale, rotate, shift."""
-
-    def __init__(self, scale, angle=0.0, centre=(0, 0), shift=(0, 0)):
-        c, s = np.cos(angle), np.sin(angle)
-        self.scale, self.m = scale, scale * np.array([[c, -s], [s, c]])
-        self.centre, self.shift = np.asarray(centre), np.asarray(shift)
-
-    def __call__(self, pts):
-        pts = np.asarray(pts, np.float64).reshape(-1, 2)
-        return (pts - self.centre) @ self.m.T + self.shift
-
-    def flat(self, pts):
-        return self(pts).ravel().tolist()
-
-    def local(self, x, y):
-        """Maps pixel grids (broadcasting) back to unit coordinates."""
-        inv = np.linalg.inv(self.m)
-        x, y = x - self.shift[0], y - self.shift[1]
-        return (inv[0, 0] * x + inv[0, 1] * y + self.centre[0],
-                inv[1, 0] * x + inv[1, 1] * y + self.centre[1])
-
-
-def _draw_garment(img, ops, st, frame, inside=None):
-    """Draws a garment on ``img`` in place; returns its tight pixel box."""
-    xys = [frame.flat(pts) for _, pts in ops]
-    mask = Image.new("L", img.size)
-    md = ImageDraw.Draw(mask)
-    for (role, _), xy in zip(ops, xys):
-        if role in ("fabric", "solid"):
-            md.polygon(xy, fill=255)
-    box = mask.getbbox()
-    x0, y0, x1, y1 = box
-    tex = Image.new("RGB", (x1 - x0, y1 - y0), st["colour"])
-    if st["pattern"] != "solid":
-        u, v = frame.local(np.arange(x0, x1, dtype=np.float32)[None] + .5,
-                           np.arange(y0, y1, dtype=np.float32)[:, None] + .5)
-        sec = _pattern(u / st["period"] + st["phase"][0],
-                       v / st["period"] + st["phase"][1], st["pattern"])
-        tex.paste(st["second"], None, Image.fromarray(sec))
-    img.paste(tex, box, mask.crop(box))
-    d, lw, trim = ImageDraw.Draw(img), SUPERSAMPLE, st["trim"]
-    for (role, pts), xy in zip(ops, xys):
-        if role == "fabric":
-            d.polygon(xy, outline=trim, width=lw)
-        elif role in ("solid", "inside", "dark"):
-            fill = {"solid": st["colour"], "dark": st["dark"],
-                    "inside": inside or st["inside"]}[role]
-            d.polygon(xy, fill=fill, outline=trim, width=lw)
-        elif role in ("band", "line"):
-            d.line(xy, fill=st["dark"] if role == "band" else trim,
-                   width=int(.03 * frame.scale) if role == "band" else lw)
-        else:
-            r = BUTTON_RADIUS * frame.scale
-            for x, y in frame(pts):
-                d.ellipse([x - r, y - r, x + r, y + r], fill=st["button"],
-                          outline=trim)
-    return box
-
-
-def _limb(a, b, width):
-    """A quadrilateral of ``width`` from point a to point b."""
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    n = (b - a)[::-1] * [-1, 1] / (np.linalg.norm(b - a) + 1e-9) * width / 2
-    return np.stack([a + n, b + n, b - n, a - n])
-
-
-def _draw_figure(d, frame, st, rng):
-    """Draws a simple person under the garment; returns the skin colour."""
-    skin = SKIN[rng.integers(len(SKIN))]
-    legs = TROUSERS[rng.integers(len(TROUSERS))]
-    for m in (1, MIRROR):
-        d.polygon(frame.flat(_limb((.06, .4), (.065, 1.3), .09) * m),
-                  fill=legs)
-        b, v = st["arm"][0] * m, st["arm"][1] * m
-        d.polygon(frame.flat(_limb(b, b + v * .5, .065)), fill=skin)
-        (x, y), r = frame(b + v * .5)[0], .035 * frame.scale
-        d.ellipse([x - r, y - r, x + r, y + r], fill=skin)
-    d.polygon(frame.flat(_limb((0, -.1), (0, .03), .055)), fill=skin)
-    (x, y), r = frame((0, -.16))[0], .078 * frame.scale
-    d.ellipse([x - r, y - r * 1.12, x + r, y + r], fill=(40, 30, 25))  # Hair.
-    d.ellipse([x - r * .85, y - r * .8, x + r * .85, y + r * 1.08], fill=skin)
-    return skin
-
-
-def _extent(ops, frame):
-    pts = np.concatenate([frame(p) for r, p in ops if r in ("fabric", "solid")])
-    return pts.min(0), pts.max(0)
-
-
-def _bbox(box):
-    """A supersampled box as [xmin, ymin, xmax, ymax] output pixels, max
-    exclusive (pixel edges), so the box covers every touched pixel."""
-    k = SUPERSAMPLE
-    return [box[0] // k, box[1] // k, -(-box[2] // k), -(-box[3] // k)]
-
-
-def _jpeg(img, quality):
-    buf = io.BytesIO()  # PIL writes no timestamp: same pixels, same bytes.
-    img.save(buf, "JPEG", quality=int(quality), optimize=False)
-    return buf.getvalue()
-
-
-def _colour(rng, low=0, high=256):
-    return tuple(int(v) for v in rng.integers(low, high, 3))
-
-
-def _shop(ops, st, size, rng):
-    """Centred, frontal, sharp, on a plain light background with a shadow."""
-    big = size * SUPERSAMPLE
-    bg = _colour(rng, 198, 231)  # Light, yet darker than white cloth.
-    img = Image.new("RGB", (big, big), bg)
-    lo, hi = _extent(ops, _Frame(1))
-    # One scale for all garments keeps length and width readable from the
-    # shop image; only the few that would not fit shrink.
-    scale = min(SHOP_SCALE, 0.94 / (hi - lo).max()) * big
-    scale *= rng.uniform(0.97, 1.03)
-    shadow = _Frame(scale, 0, (lo + hi) / 2 - [.012, .015], (big / 2,) * 2)
-    d = ImageDraw.Draw(img)
-    for role, pts in ops:
-        if role in ("fabric", "solid"):
-            d.polygon(shadow.flat(pts), fill=_shade(bg, -0.12))
-    frame = _Frame(scale, 0, (lo + hi) / 2, (big / 2,) * 2)
-    box = _bbox(_draw_garment(img, ops, st, frame))
-    return _jpeg(img.reduce(SUPERSAMPLE), SHOP_JPEG_QUALITY), box
-
-
-def _clutter(big, rng):
-    """A random scene: a two-tone gradient, a floor and random shapes."""
-    top, bottom = rng.integers(0, 256, (2, 3))
-    ramp = np.linspace(0, 1, big)[:, None]
-    column = (top * (1 - ramp) + bottom * ramp).astype(np.uint8)[:, None]
-    img = Image.fromarray(column).resize((big, big), Image.NEAREST)
-    d = ImageDraw.Draw(img)
-    d.rectangle([0, rng.uniform(.6, .9) * big, big, big], fill=_colour(rng))
-    n = rng.integers(8, 16)  # Batched draws: per-call overhead dominates.
-    kinds, colours = rng.integers(0, 4, n), rng.integers(0, 256, (n, 3))
-    xys = (rng.uniform(-.1, 1.1, (n, 6)) * big).tolist()
-    sizes = (rng.uniform(.04, .4, (n, 2)) * big).tolist()
-    for kind, c, xy, (w, h) in zip(kinds, colours.tolist(), xys, sizes):
-        c, box = tuple(c), [xy[0], xy[1], xy[0] + w, xy[1] + h]
-        if kind == 0:
-            d.rectangle(box, fill=c)
-        elif kind == 1:
-            d.ellipse(box, fill=c)
-        elif kind == 2:
-            d.polygon(xy, fill=c)
-        else:
-            d.line(box, fill=c, width=int(2 + w / 16))
-    return img
-
-
-def _street(ops, st, size, rng):
-    """Worn, small, anywhere in clutter; occluded, tinted, blurred, noisy."""
-    big, k = size * SUPERSAMPLE, SUPERSAMPLE
-    img = _clutter(big, rng)
-    angle = np.radians(rng.uniform(-1, 1) * STREET_ROTATION_DEG)
-    lo, hi = _extent(ops, _Frame(1, angle))
-    scale = rng.uniform(*STREET_SIZE) * big / (hi - lo).max()
-    shift = rng.uniform(2 - lo * scale, big - 2 - hi * scale)
-    frame = _Frame(scale, angle, (0, 0), shift)
-    skin = _draw_figure(ImageDraw.Draw(img), frame, st, rng)
-    box = _bbox(_draw_garment(img, ops, st, frame, inside=skin))
-    if rng.uniform() < OCCLUSION_PROB:  # An object in front, at a side.
-        bw, bh = (box[2] - box[0]) * k, (box[3] - box[1]) * k
-        area = rng.uniform(*OCCLUSION_AREA) * bw * bh
-        w = np.sqrt(area) * rng.uniform(0.5, 1.5)
-        cx = box[0] * k + bw * (rng.integers(2) + rng.uniform(-.3, .3))
-        cy = box[1] * k + rng.uniform(0, bh)
-        xy = [cx - w / 2, cy - area / w / 2, cx + w / 2, cy + area / w / 2]
-        draw = ImageDraw.Draw(img)
-        (draw.ellipse, draw.rectangle)[rng.integers(2)](xy, fill=_colour(rng))
-    img = img.reduce(k).filter(ImageFilter.BoxBlur(rng.uniform(*STREET_BLUR)))
-    gain = rng.uniform(*STREET_GAIN, 3) * rng.uniform(*STREET_BRIGHTNESS)
-    # Grey sensor noise: a third of the cost of per-channel noise.
-    noise = rng.standard_normal((size, size, 1), np.float32)
-    x = np.asarray(img, np.float32) * gain.astype(np.float32)
-    x += noise * np.float32(rng.uniform(*STREET_NOISE))
-    img = Image.fromarray(np.clip(x, 0, 255, out=x).astype(np.uint8))
-    return _jpeg(img, rng.integers(*STREET_JPEG_QUALITY)), box
 
 
 def render_item(item_index, seed, *, image_size=128, shop_per_item=1,
@@ -459,8 +246,8 @@ def render_item(item_index, seed, *, image_size=128, shop_per_item=1,
     attrs = sample_attributes(rng, attributes)
     ops, st = _garment(attrs, rng)
     item_id, records = f"it{item_index:05d}", []
-    for dom, count, draw in (("shop", shop_per_item, _shop),
-                             ("street", street_per_item, _street)):
+    for dom, count, draw in (("shop", shop_per_item, shop_photo),
+                             ("street", street_per_item, street_photo)):
         for j in range(count):
             irng = np.random.default_rng(
                 [seed, 0, item_index, int(dom == "street"), j])
@@ -515,16 +302,12 @@ def assign_splits(items, seed, fractions=(0.6, 0.2, 0.2), stream=1):
     return splits
 
 
-def _write_atomic(path, data):
-    fileio.write_bytes(path, data)
-
-
 def _render_and_write(job, out_dir, street_per_item, **kwargs):
     index, split, has_street = job
     records = render_item(index, split=split, street_per_item=(
         street_per_item if has_street else 0), **kwargs)["records"]
     for r in records:
-        _write_atomic(os.path.join(out_dir, r["path"]), r.pop("jpeg"))
+        fileio.write_bytes(os.path.join(out_dir, r["path"]), r.pop("jpeg"))
     return records
 
 
@@ -536,7 +319,8 @@ def render_dataset(out_dir, *, items, seed=0, image_size=128, shop_per_item=1,
 
     Images go to ``images/{shop,street}/``, then ``schema.json``, then
     ``manifest.jsonl``; each file is written under a temporary name and
-    renamed, so an interrupted run never leaves a complete-looking dataset.
+    renamed, and an earlier manifest is removed first, so an interrupted
+    run never leaves a complete-looking dataset.
 
     Two regimes: by default every item has shop and street images. With
     ``street_items`` only that many items (a seeded choice,
@@ -586,32 +370,41 @@ def render_dataset(out_dir, *, items, seed=0, image_size=128, shop_per_item=1,
         splits = splits.tolist()
     for dom in ("shop", "street"):
         os.makedirs(os.path.join(out_dir, "images", dom), exist_ok=True)
-    manifest = os.path.join(out_dir, "manifest.jsonl")
-    if os.path.exists(manifest):  # Rewriting: look incomplete until done.
-        os.remove(manifest)
+    # Rewriting images in place: the dataset looks incomplete until done.
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(os.path.join(out_dir, "manifest.jsonl"))
     work = functools.partial(
         _render_and_write, out_dir=out_dir, seed=seed, image_size=image_size,
         shop_per_item=shop_per_item, street_per_item=street_per_item,
         missing_rate=missing_rate)
-    start, records = time.perf_counter(), []
+    start, images = time.perf_counter(), 0
     n_street = int(has_street.sum())
     total = items * shop_per_item + n_street * street_per_item
+    writer = ManifestWriter(out_dir, synth_schema())
     # "spawn": forking a process that already runs TensorFlow can deadlock.
     pool = (multiprocessing.get_context("spawn").Pool(workers)
             if workers > 1 else contextlib.nullcontext())
-    with pool, progress_lib.bar(total=total, unit="img", file=sys.stderr,
-                                disable=not progress) as bar:
-        jobs = zip(range(items), splits, has_street.tolist())
-        for recs in (pool.imap(work, jobs, chunksize=8) if workers > 1
-                     else map(work, jobs)):
-            records += recs
-            bar.update(len(recs))
-    synth_schema().save(os.path.join(out_dir, features.SCHEMA_FILE))
-    _write_atomic(manifest,
-                  "".join(json.dumps(r) + "\n" for r in records).encode())
+    try:
+        with pool, progress_lib.bar(total=total, unit="img", file=sys.stderr,
+                                    disable=not progress) as bar:
+            jobs = zip(range(items), splits, has_street.tolist())
+            for recs in (pool.imap(work, jobs, chunksize=8) if workers > 1
+                         else map(work, jobs)):
+                for r in recs:
+                    # The renderer knows each image's size: not read back.
+                    writer.add(image_id=r["id"], rel_path=r["path"],
+                               domain=r["domain"], item_id=r["item_id"],
+                               split=r["split"], labels=r["attributes"],
+                               box=r["bbox"], size=(r["width"], r["height"]))
+                images += len(recs)
+                bar.update(len(recs))
+        writer.finish()
+    except BaseException:
+        writer.abort()
+        raise
     seconds = time.perf_counter() - start
     summary = dict(
-        out_dir=out_dir, items=items, images=len(records),
+        out_dir=out_dir, items=items, images=images,
         shop=items * shop_per_item, street=n_street * street_per_item,
         street_items=n_street,
         splits={s: splits.count(s) for s in ("train", "val", "test")},
@@ -619,9 +412,9 @@ def render_dataset(out_dir, *, items, seed=0, image_size=128, shop_per_item=1,
                               if h and sp == s)
                        for s in ("train", "val", "test")},
         seconds=round(seconds, 3),
-        images_per_second=round(len(records) / max(seconds, 1e-9), 1))
+        images_per_second=round(images / max(seconds, 1e-9), 1))
     if progress:
-        print(f"X-Domain-synth: {len(records)} images ({items} items) in "
+        print(f"X-Domain-synth: {images} images ({items} items) in "
               f"{seconds:.1f}s = {summary['images_per_second']:.0f} images/s "
               f"-> {out_dir}", file=sys.stderr)
     return summary

@@ -22,6 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from mtct_tf.data import pipeline
+from mtct_tf.data.example import parse_example
 
 
 class ShopTable:
@@ -36,7 +37,7 @@ class ShopTable:
 
     def __init__(self, files, schema):
         ds = tf.data.TFRecordDataset(files).map(
-            lambda s: pipeline.parse_example(s, schema),
+            lambda s: parse_example(s, schema),
             num_parallel_calls=tf.data.AUTOTUNE,
         ).filter(lambda e: tf.equal(e["domain"], "shop"))
         self.item_ids, self.encoded, boxes = [], [], []

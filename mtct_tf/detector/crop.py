@@ -8,7 +8,6 @@ what it will see behind the detector.
 """
 
 import dataclasses
-import glob
 import io
 import math
 import os
@@ -16,8 +15,8 @@ import time
 
 import numpy as np
 
-from mtct_tf import fileio
-from mtct_tf.data import features, shards
+from mtct_tf import attributes, fileio
+from mtct_tf.data import example, features, images, manifest, shards
 from mtct_tf.data.features import (GARMENT_CLASS, bytes_feature,
                                    float_feature, int64_feature)
 from mtct_tf.detector.boxes import (box_iou, choose_box, expand_box,
@@ -136,19 +135,15 @@ def _read_source(source, schema=None):
     """
     import tensorflow as tf
 
-    from mtct_tf import attributes
-    from mtct_tf.data import convert, manifest, pipeline
-
     if os.path.isdir(source):
-        splits = sorted({m["split"] for m in map(
-            convert.SHARD_RE.match, os.listdir(source)) if m})
+        splits = shards.splits_present(source)
         if not splits:
             raise FileNotFoundError(
                 f"No <split>-NNNNN-of-NNNNN.tfrecord shards in {source}")
         files = [(split, f) for split in splits
-                 for f in pipeline.shard_files(source, split)]
+                 for f in shards.shard_files(source, split)]
         schema = (attributes.get_schema(schema) if schema
-                  else pipeline.load_schema(source))
+                  else shards.load_schema(source))
         total = sum(1 for _, f in files for _ in tf.data.TFRecordDataset(f))
 
         def records():
@@ -160,13 +155,13 @@ def _read_source(source, schema=None):
         return records(), schema, total
 
     schema = attributes.get_schema(schema or os.path.join(
-        os.path.dirname(os.path.abspath(source)), convert.SCHEMA))
+        os.path.dirname(os.path.abspath(source)), features.SCHEMA_FILE))
     entries, _ = manifest.read_manifest(source, schema)
 
     def records():
         for e in entries:
-            e, data, fmt, h, w, _ = convert.load_image(e, manifest_path=source)
-            ex = convert.make_example(e, data, fmt, h, w, schema)
+            e, data, fmt, h, w, _ = images.load_image(e, manifest_path=source)
+            ex = example.make_example(e, data, fmt, h, w, schema)
             yield e.split, ex.SerializeToString(), ex
 
     return records(), schema, len(entries)
@@ -247,15 +242,8 @@ class _Detector:
 
 def _write_crop_shards(out_dir, by_split, schema, stats, records_per_shard):
     """Publishes the shards, ``schema.json`` and ``summary.json`` (last)."""
-    from mtct_tf.data import convert
-
     os.makedirs(out_dir, exist_ok=True)
-    for path in [os.path.join(out_dir, convert.SUMMARY)] + glob.glob(
-            os.path.join(glob.escape(out_dir), "*-of-*.tfrecord")):
-        if convert.SHARD_RE.match(os.path.basename(path)) or path.endswith(
-                convert.SUMMARY):
-            if os.path.exists(path):
-                os.remove(path)
+    shards.clear(out_dir)
     splits, written = {}, []
     for split, records in sorted(by_split.items()):
         count = max(1, math.ceil(len(records) / records_per_shard))
@@ -272,11 +260,11 @@ def _write_crop_shards(out_dir, by_split, schema, stats, records_per_shard):
         s["shards"] = [os.path.basename(final) for _, final in pairs]
         written += pairs
     shards.publish(written)
-    schema.save(os.path.join(out_dir, convert.SCHEMA))
+    schema.save(os.path.join(out_dir, features.SCHEMA_FILE))
     summary = {"schema": schema.name, "attributes": list(schema.names),
                "records": sum(s["records"] for s in splits.values()),
                "splits": splits, "crop": stats.to_dict()}
-    fileio.write_json(os.path.join(out_dir, convert.SUMMARY), summary)
+    fileio.write_json(os.path.join(out_dir, shards.SUMMARY_FILE), summary)
     return summary
 
 

@@ -12,7 +12,7 @@ import os
 import numpy as np
 
 from mtct_tf import fileio
-from mtct_tf.data import features, shards
+from mtct_tf.data import features, images, shards
 from mtct_tf.data.features import (GARMENT_CLASS, bytes_feature,
                                    float_feature, int64_feature)
 from mtct_tf.detector.config import CLASS_NAMES, split_pattern
@@ -96,8 +96,6 @@ def write_detection_records(entries, out_dir, *, domain=None,
         and the number of entries skipped for having no box or another
         domain.
     """
-    from mtct_tf.data import convert
-
     os.makedirs(out_dir, exist_ok=True)
     by_split = {}
     skipped = {"no_box": 0, "other_domain": 0}
@@ -113,7 +111,7 @@ def write_detection_records(entries, out_dir, *, domain=None,
         serialized = []
         for i, e in enumerate(items, start=1):
             # The converter's checks; non-RGB images come back as RGB JPEG.
-            e, data, fmt, height, width, _ = convert.load_image(
+            e, data, fmt, height, width, _ = images.load_image(
                 e, manifest_path=manifest_path)
             ex = detection_example(
                 data, fmt, width, height, [e.bbox], source_id=i,
