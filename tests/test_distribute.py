@@ -414,9 +414,9 @@ def _train_main(model_dir, out, *overrides):
     preprocess = pipeline.preprocess
 
     def no_augmentation(encoded, bbox, *, image_size, training, margin=0.1,
-                        seed=None):
+                        seed=None, **framing):
         return preprocess(encoded, bbox, image_size=image_size,
-                          training=False, margin=margin)
+                          training=False, margin=margin, **framing)
 
     pipeline.preprocess = no_augmentation
     trainers, losses = [], []

@@ -459,7 +459,9 @@ def make_dataset(shards, schema=None, *, image_size, batch_size, training,
             crop and augment them without decoding again. Decoding a phone
             photo costs more than a small network's step on it; keep the
             side at or above ``image_size`` over the square root of the
-            smallest crop area, or crops lose resolution.
+            smallest crop area, or crops lose resolution. The cache holds
+            the first pass's file order: later epochs reshuffle the records
+            (``shuffle_buffer``), not the files.
 
     Returns:
         A ``tf.data.Dataset`` of ``(images, labels)`` or ``(images, labels,
@@ -548,13 +550,14 @@ def make_dataset(shards, schema=None, *, image_size, batch_size, training,
 
     def to_example(record, element_seed=None):
         bbox = record["bbox"] if crop_to_bbox else tf.constant(FULL_BOX)
-        image = record["image"] if decode_cache else decode_image(
-            record["encoded"])
-        image = frame(
-            image, bbox, image_size=image_size, training=training,
-            margin=margin if crop_to_bbox else 0.0, seed=element_seed,
-            augment=augment, min_area=min_area,
-        )
+        framing = dict(image_size=image_size, training=training,
+                       margin=margin if crop_to_bbox else 0.0,
+                       seed=element_seed, augment=augment,
+                       min_area=min_area)
+        if decode_cache:
+            image = frame(record["image"], bbox, **framing)
+        else:
+            image = preprocess(record["encoded"], bbox, **framing)
         if not with_meta:
             return image, record["labels"]
         meta = {k: record[k] for k in ("item_id", "domain", "source_id")}
