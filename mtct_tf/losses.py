@@ -53,18 +53,22 @@ def _labels_1d(y_true, y_pred):
     return ops.cast(y_true, "int32")
 
 
-def masked_sparse_categorical_crossentropy(y_true, y_pred, from_logits=False):
+def masked_sparse_categorical_crossentropy(y_true, y_pred, from_logits=False,
+                                           label_smoothing=0.0):
     """Per-sample softmax cross-entropy, 0 where the label is missing.
 
     ``l_b = -log softmax(y_pred_b)[y_b]`` (or ``-log p_b[y_b]`` from
     probabilities) when ``y_b >= 0``, else ``0``. A missing sample contributes
     neither loss nor gradient (its label is replaced by a valid dummy before
-    the cross-entropy so no NaN can leak through ``where``).
+    the cross-entropy so no NaN can leak through ``where``). With label
+    smoothing ``e`` the target is ``(1 - e) onehot(y_b) + e / K``:
+    ``l_b = (1 - e) (-log p_b[y_b]) + e mean_k(-log p_b[k])``.
 
     Args:
         y_true: int ``[B]`` or ``[B, 1]``, ``-1`` = missing.
         y_pred: ``[B, K]`` probabilities, or logits with ``from_logits=True``.
         from_logits: whether ``y_pred`` holds logits.
+        label_smoothing: ``e`` in [0, 1).
 
     Returns:
         ``[B]`` per-sample losses.
@@ -73,9 +77,16 @@ def masked_sparse_categorical_crossentropy(y_true, y_pred, from_logits=False):
     labels = _labels_1d(y_true, y_pred)
     known = labels >= 0
     safe = ops.where(known, labels, ops.zeros_like(labels))
-    ce = ops.sparse_categorical_crossentropy(
-        safe, y_pred, from_logits=from_logits
-    )
+    if label_smoothing:
+        k = y_pred.shape[-1]
+        target = (ops.one_hot(safe, k, dtype=y_pred.dtype)
+                  * (1.0 - label_smoothing) + label_smoothing / k)
+        ce = ops.categorical_crossentropy(target, y_pred,
+                                          from_logits=from_logits)
+    else:
+        ce = ops.sparse_categorical_crossentropy(
+            safe, y_pred, from_logits=from_logits
+        )
     return ops.where(known, ce, ops.zeros_like(ce))
 
 
@@ -136,7 +147,8 @@ def _infer_kind(y_true, y_pred):
     return SOFTMAX
 
 
-def multitask_loss(y_true, y_pred, weights=None, from_logits=False, kinds=None):
+def multitask_loss(y_true, y_pred, weights=None, from_logits=False, kinds=None,
+                   label_smoothing=0.0):
     """Weighted sum of per-attribute masked losses (stage 1 and 2).
 
     ``total = sum_a w_a * L_a`` where ``L_a`` is the masked mean of attribute
@@ -155,6 +167,8 @@ def multitask_loss(y_true, y_pred, weights=None, from_logits=False, kinds=None):
         kinds: optional dict attribute -> ``"softmax"`` / ``"multilabel"``;
             by default ``[B, A]`` labels of the prediction's shape are
             multi-label and anything else is softmax.
+        label_smoothing: of the softmax attributes' targets
+            (``masked_sparse_categorical_crossentropy``).
 
     Returns:
         ``(total, per_attribute)``: a scalar and a dict attribute -> scalar
@@ -185,7 +199,8 @@ def multitask_loss(y_true, y_pred, weights=None, from_logits=False, kinds=None):
         if kind == SOFTMAX:
             labels = _labels_1d(y_true[name], pred)
             values = masked_sparse_categorical_crossentropy(
-                labels, pred, from_logits=from_logits
+                labels, pred, from_logits=from_logits,
+                label_smoothing=label_smoothing,
             )
             count = ops.sum(ops.cast(labels >= 0, values.dtype))
         elif kind == MULTILABEL:

@@ -282,7 +282,8 @@ class _MTNStage(Stage):
         trainer = transfer.MTNTrainer(
             net, None, cross_domain=cross,
             shop_loss_weight=self.shop_loss_weight,
-            attribute_weights=config.attribute_weights)
+            attribute_weights=config.attribute_weights,
+            label_smoothing=config.label_smoothing)
         return Models(trainer, net, net)
 
     def outputs(self, models, schema, config, inputs, done):
@@ -323,7 +324,8 @@ class StreetStage(_MTNStage):
             transfer.freeze_trunk(net)
         trainer = transfer.MTNTrainer(
             net, previous, cross_domain=config.street.cross_domain,
-            attribute_weights=config.attribute_weights)
+            attribute_weights=config.attribute_weights,
+            label_smoothing=config.label_smoothing)
         return Models(trainer, net, net)
 
 

@@ -78,10 +78,13 @@ class MTNTrainer(keras.Model):
             (default 1 each).
         shop_loss_weight: weight of the cross-entropy on the positives' shop
             labels (end-to-end training); 0 leaves shop labels unused.
+        label_smoothing: of every softmax head's cross-entropy target
+            (``losses.masked_sparse_categorical_crossentropy``).
     """
 
     def __init__(self, net, shop_net=None, cross_domain=None,
-                 attribute_weights=None, shop_loss_weight=0.0, **kwargs):
+                 attribute_weights=None, shop_loss_weight=0.0,
+                 label_smoothing=0.0, **kwargs):
         super().__init__(**kwargs)
         if cross_domain is None:
             cross_domain = configs_lib.CrossDomainConfig(kind="none")
@@ -116,6 +119,10 @@ class MTNTrainer(keras.Model):
                 f"; the model has {self.attribute_names}"
             )
         self.shop_loss_weight = float(shop_loss_weight)
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError("`label_smoothing` must be in [0, 1). "
+                             f"Received: label_smoothing={label_smoothing}")
+        self.label_smoothing = float(label_smoothing)
 
         self.loss_tracker = _mean_loss("loss")
         self.ce_tracker = _mean_loss("ce")
@@ -181,7 +188,8 @@ class MTNTrainer(keras.Model):
         outputs = self.net(x["image"], training=training)
         preds = {a: outputs[a] for a in names}
         _, per_attr = losses_lib.multitask_loss(
-            street_labels, preds, self.attribute_weights, kinds=self.kinds
+            street_labels, preds, self.attribute_weights, kinds=self.kinds,
+            label_smoothing=self.label_smoothing,
         )
         means = [per_attr[a] for a in names]
         if use_triplets or use_shop:
@@ -205,6 +213,7 @@ class MTNTrainer(keras.Model):
             _, shop_attr = losses_lib.multitask_loss(
                 shop_labels, {a: pos_out[a] for a in names},
                 self.attribute_weights, kinds=self.kinds,
+                label_smoothing=self.label_smoothing,
             )
             means += [shop_attr[a] for a in names]
         shares = losses_lib.global_shares(means, local, total_counts)
@@ -335,6 +344,7 @@ class MTNTrainer(keras.Model):
             "cross_domain": dataclasses.asdict(self.cross_domain),
             "attribute_weights": self.attribute_weights,
             "shop_loss_weight": self.shop_loss_weight,
+            "label_smoothing": self.label_smoothing,
         }
 
     @classmethod

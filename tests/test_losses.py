@@ -109,6 +109,30 @@ def test_masked_sce_matches_numpy(rng, from_logits):
 
 
 @pytest.mark.parametrize("from_logits", [False, True])
+def test_label_smoothing_matches_numpy(rng, from_logits):
+    y = np.array([2, -1, 0, 1, -1, 3])
+    pred = (rng.normal(size=(6, 4)) * 3 if from_logits
+            else rng.dirichlet(np.ones(4), size=6) * 0.9 + 0.025)
+    probs = (np.exp(pred) / np.exp(pred).sum(1, keepdims=True)
+             if from_logits else pred / pred.sum(1, keepdims=True))
+    e = 0.1
+    target = np.full((6, 4), e / 4)
+    target[np.arange(6), np.maximum(y, 0)] += 1 - e
+    expected = np.where(y >= 0, -(target * np.log(probs)).sum(1), 0.0)
+    got = losses.masked_sparse_categorical_crossentropy(
+        y, pred, from_logits=from_logits, label_smoothing=e)
+    np.testing.assert_allclose(to_np(got), expected, rtol=RTOL)
+    _, per = losses.multitask_loss({"a": y}, {"a": pred.astype("float32")},
+                                   from_logits=from_logits,
+                                   label_smoothing=e)
+    assert float(per["a"]) == pytest.approx(expected.sum() / 4, rel=RTOL)
+    # Smoothing raises the loss of a confident right answer.
+    plain = to_np(losses.masked_sparse_categorical_crossentropy(
+        y, pred, from_logits=from_logits))
+    assert not np.allclose(plain, expected)
+
+
+@pytest.mark.parametrize("from_logits", [False, True])
 def test_multitask_masked_mean_is_over_labelled_samples(rng, from_logits):
     y = np.array([2, -1, 0, 1, -1, 3])
     if from_logits:
