@@ -141,6 +141,8 @@ class ExperimentConfig:
     # Attribute -> weight of its cross-entropy in every stage and method
     # (default 1 each); e.g. {pattern: 4.0}.
     attribute_weights: dict = dataclasses.field(default_factory=dict)
+    # Label smoothing of every softmax head's cross-entropy, every stage.
+    label_smoothing: float = 0.0
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     # Stage 0 (python -m mtct_tf.train --stage pretrain).
@@ -196,6 +198,9 @@ class ExperimentConfig:
                 "street.cross_domain.kind none). Received: method="
                 f"{self.method!r}, street.cross_domain.kind="
                 f"{self.street.cross_domain.kind!r}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError("label_smoothing must be in [0, 1). "
+                              f"Received: {self.label_smoothing}")
         if not 0 < self.data.crop_min_area <= 1 or self.data.decode_cache < 0:
             raise ConfigError(
                 "data.crop_min_area must be in (0, 1] and data.decode_cache "
