@@ -23,6 +23,7 @@ from mtct_tf import fileio
 METHODS = ("mtct", "no_adapt", "ud", "ftt", "end_to_end")
 CROSS_DOMAIN_KINDS = (
     "none", "contrastive", "triplet", "tste_poster", "tste_canonical",
+    "coral",
 )
 
 
@@ -79,6 +80,9 @@ class ModelConfig:
     weights: str = ""
     fc_units: int = 0  # 0: the preset's.
     dropout: float = -1.0  # < 0: the preset's.
+    # "branches": one FC branch per attribute (MTN); "joint": one shared
+    # branch scoring every value (JAN, the paper's single-network baseline).
+    heads: str = "branches"
 
 
 @dataclasses.dataclass
@@ -167,6 +171,8 @@ class ExperimentConfig:
              "data.street_labels", ("own", "pair")),
             (self.data.augment in ("box", "crop"), "data.augment",
              ("box", "crop")),
+            (self.model.heads in ("branches", "joint"), "model.heads",
+             ("branches", "joint")),
             (self.runtime.strategy in
              ("default", "mirrored", "multi_worker", "tpu"),
              "runtime.strategy",

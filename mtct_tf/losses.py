@@ -447,6 +447,39 @@ def triplet_loss(
     return loss
 
 
+def coral_loss(street, shop, normalize=True):
+    """Deep CORAL (Sun & Saenko 2016): the distance between the two
+    domains' embedding covariances, over a batch.
+
+    ``l = ||C_street - C_shop||_F^2 / (4 D^2)``, ``C = (X^T X - (1^T X)^T
+    (1^T X) / n) / (n - 1)`` of the ``[n, D]`` embeddings of each domain
+    through the same (street) network. A batch-level alignment term with no
+    pairing: the domain-adaptation baseline DDAN of the protocol, which
+    sees the same street and shop images as MTCT's triplets.
+
+    Args:
+        street: ``[B, D]`` street embeddings ``f_t(I_i)``.
+        shop: ``[B, D]`` shop embeddings through the same network,
+            ``f_t(I_n)``.
+        normalize: L2-normalise the embeddings first.
+
+    Returns:
+        ``[B]``: the batch's loss in every entry (their mean is the loss).
+    """
+    street, shop = _prepare(normalize, street, shop)
+
+    def covariance(x):
+        n = ops.cast(ops.shape(x)[0], x.dtype)
+        centred = x - ops.mean(x, axis=0, keepdims=True)
+        return ops.matmul(ops.transpose(centred), centred) / ops.maximum(
+            n - 1.0, 1.0)
+
+    d = ops.cast(ops.shape(street)[1], street.dtype)
+    gap = covariance(street) - covariance(shop)
+    loss = ops.sum(gap * gap) / (4.0 * d * d)
+    return ops.ones_like(street[:, 0]) * loss
+
+
 def cross_domain_loss(
     kind, anchor, positive, neg_shop, neg_street=None, *, alpha=1.0,
     beta=None, margin=None, normalize=True, include_street_negative=False,
@@ -456,7 +489,9 @@ def cross_domain_loss(
     Args:
         kind: ``"none"`` (zeros: no cross-domain term, e.g. the FTT
             ablation), ``"contrastive"``, ``"triplet"``, ``"tste_poster"``
-            (both negatives, always) or ``"tste_canonical"``.
+            (both negatives, always), ``"tste_canonical"`` or ``"coral"``
+            (``coral_loss`` of the anchors against ``neg_street``, the
+            shop images through the street network: no pairs used).
         anchor, positive, neg_shop, neg_street: ``[B, D]`` embeddings
             ``f_t(I_i)``, ``f_s(I_p)``, ``f_s(I_n)``, ``f_t(I_n)``.
         alpha, beta: t-STE kernel parameters (t-STE kinds only).
@@ -478,6 +513,10 @@ def cross_domain_loss(
     if kind == "none":
         anchor = ops.convert_to_tensor(anchor)
         return ops.zeros_like(anchor[:, 0])
+    if kind == "coral":
+        _need_street(neg_street, "CORAL aligns the street network's "
+                     "embeddings of both domains")
+        return coral_loss(anchor, neg_street, normalize=normalize)
     if kind == "tste_poster":
         return tste_poster_loss(
             anchor, positive, neg_shop, neg_street, alpha=alpha, beta=beta,

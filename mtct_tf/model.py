@@ -15,12 +15,19 @@ Trunks:
         average pooling, as NIN networks do (flattening 7x7x512 into nine
         FC-1024 branches would cost 231M parameters); input 224 px for the
         ``paper`` preset. Dropout sits after each branch FC layer.
-    ``resnet50``, ``efficientnetv2b0``, ``mobilenetv3small``: ImageNet
+    ``resnet50``, ``efficientnetv2b0``, ``mobilenetv3small``,
+        ``mobilenetv3large``: ImageNet
         backbones from ``keras.applications`` under the same branches, with
         ``weights=None | "imagenet" | path``.
 
+Heads: ``branches`` (the MTN: one 3-layer FC branch per attribute) or
+``joint`` (JAN, the paper's single-network baseline, SPEC §5: one shared
+3-layer branch whose last layer scores every value of every attribute,
+each attribute's slice under its own softmax; its hidden layers have the
+width of one MTN branch).
+
 Embedding (the cross-domain loss's ``f(I)``): the concatenation of every
-branch's second FC layer. The street stage fine-tunes only the FC branches
+branch's second FC layer (JAN: its one branch's). The street stage fine-tunes only the FC branches
 by default (SPEC §2), so the embedding must be computed by those layers, or
 the cross-domain loss would have nothing to move; the second FC layer is the
 last representation shared by all of a branch's values. It is computed
@@ -62,8 +69,12 @@ APPLICATIONS = {
     "resnet50": ("ResNet50", "caffe"),
     "efficientnetv2b0": ("EfficientNetV2B0", "none"),  # Rescales inside.
     "mobilenetv3small": ("MobileNetV3Small", "none"),  # Rescales inside.
+    "mobilenetv3large": ("MobileNetV3Large", "none"),  # Rescales inside.
 }
 BACKBONES = ("nin",) + tuple(APPLICATIONS)
+# Output heads: one branch per attribute (MTN) or one joint branch (JAN).
+HEADS = ("branches", "joint")
+JOINT = "joint"  # The joint branch's layer-name prefix.
 # Batch-norm momentum of every trunk (see ``_application_trunk``).
 BACKBONE_BN_MOMENTUM = 0.9
 
@@ -162,6 +173,26 @@ def _elementwise_dtype():
     return "float32" if policy.compute_dtype == "bfloat16" else None
 
 
+@keras.saving.register_keras_serializable(package="mtct_tf")
+class ValueSlice(keras.layers.Layer):
+    """One attribute's slice ``[start, start + size)`` of the joint head's
+    logits (JAN). A layer, not a ``Lambda``: it loads in safe mode."""
+
+    def __init__(self, start, size, **kwargs):
+        super().__init__(**kwargs)
+        self.start, self.size = int(start), int(size)
+
+    def call(self, logits):
+        return logits[:, self.start:self.start + self.size]
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.size)
+
+    def get_config(self):
+        return {**super().get_config(), "start": self.start,
+                "size": self.size}
+
+
 def _nin_trunk(x, width):
     """Applies the NIN trunk; returns the pooled feature vector."""
     dtype = _elementwise_dtype()
@@ -226,11 +257,14 @@ class MTN(keras.Model):
         kinds: dict attribute name -> ``"softmax"`` (default for absent
             names) or ``"multilabel"`` (sigmoid head); taken from the schema
             when ``num_values`` is an ``AttributeSchema``.
+        heads: ``"branches"`` (one FC branch per attribute) or ``"joint"``
+            (JAN: one shared branch scoring every value; see the module
+            docstring).
     """
 
     def __init__(self, num_values, preset="small", image_size=None,
                  width=None, fc_units=None, dropout=None, backbone="nin",
-                 weights=None, kinds=None, **kwargs):
+                 weights=None, kinds=None, heads="branches", **kwargs):
         if isinstance(num_values, attributes_lib.AttributeSchema):
             if kinds is None:
                 kinds = num_values.kinds
@@ -276,6 +310,9 @@ class MTN(keras.Model):
                 f"`backbone` must be one of {BACKBONES}. "
                 f"Received: backbone={backbone!r}"
             )
+        if heads not in HEADS:
+            raise ValueError(f"`heads` must be one of {HEADS}. "
+                             f"Received: heads={heads!r}")
         if backbone == "nin" and weights is not None:
             raise ValueError(
                 "The NIN trunk has no published weights: pre-train it with "
@@ -298,32 +335,47 @@ class MTN(keras.Model):
             features = _application_trunk(x, backbone, weights, image_size)
 
         outputs, penultimate = {}, []
-        for name, n in num_values.items():
+
+        def drop(x, name, i):
+            if not dropout:
+                return x
+            return keras.layers.Dropout(dropout, name=f"{name}_drop{i}")(x)
+
+        def hidden(name):
+            """The branch's two hidden layers: (output, embedding)."""
             fc1, fc2 = (keras.layers.Dense(fc_units, activation="relu",
                                            name=f"{name}_fc{i}")
                         for i in (1, 2))
-
-            def drop(x, i, name=name):
-                if not dropout:
-                    return x
-                return keras.layers.Dropout(dropout,
-                                            name=f"{name}_drop{i}")(x)
-
             h1 = fc1(features)
-            h2 = fc2(drop(h1, 1))
+            h2 = fc2(drop(h1, name, 1))
             # The embedding is fc2 (the same layer) on the dropout-free fc1
             # output: dropout noise in it moves an anchor about as far from
             # its own inference embedding as from its positive, and the
             # cross-domain loss would pull noise.
-            penultimate.append(fc2(h1) if dropout else h2)
-            h = drop(h2, 2)
+            return drop(h2, name, 2), (fc2(h1) if dropout else h2)
+
+        def activation(name):
+            # float32 softmax keeps probabilities exact under mixed
+            # precision.
+            return keras.layers.Activation(
+                "sigmoid" if kinds[name] == attributes_lib.MULTILABEL
+                else "softmax", dtype="float32", name=name)
+
+        if heads == "joint":
+            h, embedding = hidden(JOINT)
+            logits = keras.layers.Dense(sum(num_values.values()),
+                                        name=f"{JOINT}_logits")(h)
+            penultimate.append(embedding)
+            start = 0
+            for name, n in num_values.items():
+                part = ValueSlice(start, n, name=f"{JOINT}_{name}")(logits)
+                outputs[name] = activation(name)(part)
+                start += n
+        for name, n in (num_values.items() if heads == "branches" else ()):
+            h, embedding = hidden(name)
+            penultimate.append(embedding)
             logits = keras.layers.Dense(n, name=f"{name}_logits")(h)
-            # float32 softmax keeps probabilities exact under mixed precision.
-            activation = ("sigmoid" if kinds[name] == attributes_lib.MULTILABEL
-                          else "softmax")
-            outputs[name] = keras.layers.Activation(
-                activation, dtype="float32", name=name
-            )(logits)
+            outputs[name] = activation(name)(logits)
         if len(penultimate) > 1:
             embedding = keras.layers.Concatenate(name="embedding_concat")(
                 penultimate
@@ -345,6 +397,7 @@ class MTN(keras.Model):
         self.dropout = dropout
         self.backbone = backbone
         self.weights_arg = weights
+        self.heads = heads
 
     @property
     def attribute_names(self):
@@ -352,7 +405,8 @@ class MTN(keras.Model):
 
     def branch_layers(self):
         """The per-attribute FC branch layers (what ``finetune: fc`` trains)."""
-        prefixes = tuple(f"{name}_" for name in self.num_values)
+        prefixes = tuple(f"{name}_" for name in self.num_values) + (
+            f"{JOINT}_",)
         return [
             layer for layer in self.layers
             if layer.name.startswith(prefixes) or layer.name in self.num_values
@@ -384,6 +438,8 @@ class MTN(keras.Model):
             # Weights travel with the saved model, not by name or path.
             "weights": None,
             **({"kinds": multilabel} if multilabel else {}),
+            # Listed only for JAN: MTN files load without it.
+            **({"heads": self.heads} if self.heads != "branches" else {}),
         }
 
     @classmethod

@@ -67,7 +67,7 @@ def build_mtn(config, schema):
         schema, preset=m.preset, image_size=config.data.image_size,
         fc_units=m.fc_units or None,
         dropout=None if m.dropout < 0 else m.dropout,
-        backbone=m.backbone, weights=m.weights or None,
+        backbone=m.backbone, weights=m.weights or None, heads=m.heads,
     )
 
 

@@ -400,3 +400,26 @@ def test_cross_domain_argument_errors(rng):
         losses.cross_domain_loss("triplet", a, p, ns, margin=-1.0)
     with pytest.raises(ValueError, match=r"\[B, D\]"):
         losses.cross_domain_loss("triplet", a[0], p[0], ns[0])
+
+
+def test_coral_matches_numpy(rng):
+    street = rng.normal(size=(8, 5)) * 2 + 1
+    shop = rng.normal(size=(8, 5))
+    for normalize in (False, True):
+        a, b = street, shop
+        if normalize:
+            a = a / np.linalg.norm(a, axis=1, keepdims=True)
+            b = b / np.linalg.norm(b, axis=1, keepdims=True)
+        gap = np.cov(a, rowvar=False) - np.cov(b, rowvar=False)
+        expected = (gap ** 2).sum() / (4 * 5 ** 2)
+        got = to_np(losses.cross_domain_loss(
+            "coral", street, None, None, shop, normalize=normalize))
+        np.testing.assert_allclose(got, np.full(8, expected), rtol=RTOL)
+    # Same distribution: close to 0; it grows with the covariance gap.
+    same = to_np(losses.coral_loss(street, street, normalize=False))
+    assert np.allclose(same, 0.0, atol=1e-6)
+    wider = to_np(losses.coral_loss(street * 3, shop, normalize=False))
+    assert wider[0] > to_np(losses.coral_loss(street, shop,
+                                              normalize=False))[0]
+    with pytest.raises(ValueError, match="neg_street"):
+        losses.cross_domain_loss("coral", street, None, None, None)

@@ -135,3 +135,38 @@ def test_embedding_is_taken_before_dropout():
     assert np.abs(np.asarray(infer["embedding"])).max() > 0
     assert not np.allclose(np.asarray(train["colour"]),
                            np.asarray(infer["colour"]))
+
+
+def test_joint_head_is_one_branch_with_a_softmax_per_attribute(tmp_path):
+    """JAN: one shared branch, one Dense over every value, each
+    attribute's slice under its own softmax; loads in safe mode."""
+    net = _net(heads="joint")
+    x = np.random.RandomState(2).uniform(0, 255, (3, 16, 16, 3))
+    x = x.astype("float32")
+    out = net(x)
+    assert set(out) == {"colour", "sleeve", "embedding"}
+    assert out["embedding"].shape == (3, net.fc_units)
+    logits = keras.Model(net.input, net.get_layer("joint_logits").output)
+    assert logits.output.shape[-1] == 5
+    z = np.asarray(logits(x))
+    for name, (a, b) in (("colour", (0, 3)), ("sleeve", (3, 5))):
+        e = np.exp(z[:, a:b] - z[:, a:b].max(1, keepdims=True))
+        np.testing.assert_allclose(np.asarray(out[name]),
+                                   e / e.sum(1, keepdims=True), rtol=1e-5)
+    names = {layer.name for layer in net.branch_layers()}
+    assert {"joint_fc1", "joint_fc2", "joint_logits", "joint_colour",
+            "colour", "sleeve"} <= names
+    assert not any(n.startswith("colour_fc") for n in names)
+    # Fewer head weights than the MTN's two branches.
+    mtn = _net()
+    assert net.count_params() < mtn.count_params()
+    path = str(tmp_path / "jan.keras")
+    net.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    assert loaded.heads == "joint"
+    for k, v in net(x).items():
+        np.testing.assert_array_equal(np.asarray(v), np.asarray(loaded(x)[k]))
+    # An MTN's config has no heads entry (files from before load as is).
+    assert "heads" not in mtn.get_config()
+    with pytest.raises(ValueError, match="heads"):
+        _net(heads="shared")
