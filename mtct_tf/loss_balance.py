@@ -52,7 +52,9 @@ def gradient_norms(trainer, batch, variables=None):
     Returns:
         Dict with ``"ce"`` and ``"cross"`` gradient norms (floats) and the
         loss values ``"ce_value"``, ``"cross_value"``; ``cross`` is the
-        unweighted term (before the trainer's ``weight``).
+        unweighted term (before the trainer's ``weight``). ``ce`` is every
+        cross-entropy the trainer minimises: the street labels', plus the
+        shop labels' when it supervises them (end-to-end).
     """
     import tensorflow as tf
 
@@ -60,9 +62,15 @@ def gradient_norms(trainer, batch, variables=None):
         variables = [v for layer in trainer.net.branch_layers()
                      for v in layer.trainable_weights]
     x, street_labels, shop_labels = trainer._unpack(batch)
-    with tf.GradientTape(persistent=True) as tape:
-        _, ce, cross, _, _, _ = trainer._forward(
-            x, street_labels, shop_labels, training=True)
+    # With the cross-domain weight at 0 the trainer's total is exactly its
+    # cross-entropies (no large term subtracted back out of it).
+    weight, trainer.weight = trainer.weight, 0.0
+    try:
+        with tf.GradientTape(persistent=True) as tape:
+            ce, _, cross, _, _, _ = trainer._forward(
+                x, street_labels, shop_labels, training=True)
+    finally:
+        trainer.weight = weight
     out = {"ce": global_norm(tape.gradient(ce, variables)),
            "cross": global_norm(tape.gradient(cross, variables)),
            "ce_value": float(ce), "cross_value": float(cross)}
@@ -128,18 +136,22 @@ def select_weight(scores):
     return max(sorted(scores), key=lambda w: (mean(scores[w]), -w))
 
 
-def measure(config, model_dir, batches=8, verbose=True):
-    """Measures the gradient ratio at the start of ``config``'s street stage.
+def measure(config, model_dir=None, batches=8, verbose=True):
+    """Measures the gradient ratio where ``config``'s method starts.
 
-    Builds the street stage as ``stages.StreetStage`` does (the shop
-    model of ``<model_dir>/shop`` as ``f_s`` and as ``f_t``'s start, FC
-    branches trainable with ``street.finetune: fc``) on the triplet
-    pipeline of the street training split, and measures
-    ``gradient_ratio`` on the config's cross-domain kind.
+    Two-stage methods (MTCT and its variants, DDAN): the street stage as
+    ``stages.StreetStage`` builds it (the shop model of
+    ``<model_dir>/shop`` as ``f_s`` and as ``f_t``'s start; the FC
+    branches trainable with ``street.finetune: fc``, every layer with
+    ``all``). End-to-end (``method: end_to_end``): the joint stage's
+    untrained network (seeded by ``config.seed``), every layer, shop labels
+    supervised too; ``model_dir`` is not read. Both on the triplet pipeline
+    of the street training split, on the config's cross-domain kind; the
+    ratio is over the variables the method trains.
 
     Returns:
         The ``gradient_ratio`` dict plus ``kind``, ``finetune``,
-        ``label_fraction`` and ``weight`` (the config's).
+        ``label_fraction``, ``start`` and ``weight`` (the config's).
     """
     import keras
 
@@ -154,15 +166,24 @@ def measure(config, model_dir, batches=8, verbose=True):
                          "cross-domain gradient to measure")
     keras.utils.set_random_seed(config.seed)
     schema = runs.data_schema(config)
-    shop = runs.load_mtn(os.path.join(runs.stage_dir(model_dir, "shop"),
-                                      "model.keras"))
-    net = type(shop).from_config(shop.get_config())
-    net.set_weights(shop.get_weights())
-    if config.street.finetune == "fc":
-        transfer.freeze_trunk(net)
-    trainer = transfer.MTNTrainer(
-        net, shop, cross_domain=cross,
-        attribute_weights=config.attribute_weights)
+    joint = config.method == "end_to_end"
+    if joint:
+        net = stages_lib.build_mtn(config, schema)
+        trainer = transfer.MTNTrainer(
+            net, None, cross_domain=cross, shop_loss_weight=1.0,
+            attribute_weights=config.attribute_weights)
+    else:
+        shop = runs.load_mtn(os.path.join(runs.stage_dir(model_dir, "shop"),
+                                          "model.keras"))
+        net = type(shop).from_config(shop.get_config())
+        net.set_weights(shop.get_weights())
+        if config.street.finetune == "fc":
+            transfer.freeze_trunk(net)
+        trainer = transfer.MTNTrainer(
+            net, shop, cross_domain=cross,
+            attribute_weights=config.attribute_weights)
+    variables = (None if config.street.finetune == "fc" and not joint
+                 else net.trainable_variables)
     d = config.data
     street = stages_lib.street_dir(config)
     ds = triplets.make_triplet_dataset(
@@ -172,9 +193,10 @@ def measure(config, model_dir, batches=8, verbose=True):
         negatives=d.negatives, margin=d.margin,
         label_fraction=d.street_label_fraction, seed=config.seed,
         shuffle_buffer=d.shuffle_buffer)
-    out = gradient_ratio(trainer, ds, batches=batches)
+    out = gradient_ratio(trainer, ds, batches=batches, variables=variables)
     out.update(kind=cross.kind, finetune=config.street.finetune,
-               label_fraction=d.street_label_fraction, weight=cross.weight)
+               label_fraction=d.street_label_fraction, weight=cross.weight,
+               start="untrained network" if joint else "shop model")
     if verbose:
         print(json.dumps(out, indent=1))
     return out
@@ -185,8 +207,9 @@ def main(argv=None):
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--experiment", default="synth_benchmark")
-    p.add_argument("--model_dir", required=True,
-                   help="a run whose shop stage is trained")
+    p.add_argument("--model_dir",
+                   help="a run whose shop stage is trained (not for "
+                        "method end_to_end, which starts untrained)")
     p.add_argument("--override", action="append", default=[],
                    metavar="KEY=VALUE")
     p.add_argument("--batches", type=int, default=8)
