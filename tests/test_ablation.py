@@ -225,3 +225,28 @@ def test_headline_compares_mtct_with_a_control_seed_by_seed():
     assert "MTCT − UD +10.00 ± 0.00" in ud10 and "exploratory" in ud10
     ud = next(line for line in lines if line.startswith("UD (one-stage, 100%"))
     assert ud.endswith("(no verdict).")
+
+
+def test_holm_adjustment_by_hand():
+    from mtct_tf.benchmarks import ablation_stats
+
+    # m = 4: sorted 0.01, 0.02, 0.03, 0.2 -> x4, x3, x2, x1 = 0.04, 0.06,
+    # 0.06, 0.2, made non-decreasing.
+    adjusted, rejected = ablation_stats.holm([0.03, 0.01, 0.2, 0.02])
+    assert adjusted == pytest.approx([0.06, 0.04, 0.2, 0.06])
+    assert rejected == [False, True, False, False]
+    # A family of one is not adjusted; nan stays nan but counts in m.
+    assert ablation_stats.holm([0.04])[0] == pytest.approx([0.04])
+    adjusted, rejected = ablation_stats.holm([0.01, float("nan")])
+    assert adjusted[0] == pytest.approx(0.02) and np.isnan(adjusted[1])
+    assert rejected == [True, False]
+    # Capped at 1.
+    assert ablation_stats.holm([0.6, 0.7])[0] == pytest.approx([1.0, 1.0])
+
+
+def test_paired_p_value_is_the_t_test_of_the_differences():
+    from scipy import stats
+
+    p = ablation.paired([3.0, 4.5, 5.0], [1.0, 1.0, 1.0])
+    assert p["p"] == pytest.approx(
+        stats.ttest_1samp([2.0, 3.5, 4.0], 0).pvalue)

@@ -69,13 +69,44 @@ def paired(a, b, confidence=CONFIDENCE):
     if n < 2:
         return {"differences": d.tolist(), "mean": mean, "std": None,
                 "interval": None, "verdict": "not separated", "n": n}
-    interval = stats.ttest_1samp(d, 0).confidence_interval(confidence)
+    test = stats.ttest_1samp(d, 0)
+    interval = test.confidence_interval(confidence)
     low, high = float(interval.low), float(interval.high)
     verdict = ("better" if low > 0 else "worse" if high < 0
                else "not separated")
     return {"differences": d.tolist(), "mean": mean,
             "std": float(d.std(ddof=1)), "interval": [low, high],
-            "verdict": verdict, "n": n}
+            "verdict": verdict, "n": n, "p": float(test.pvalue)}
+
+
+def holm(pvalues, alpha=1 - CONFIDENCE):
+    """Holm's step-down adjustment of a family of p-values.
+
+    Sorted ascending, the i-th smallest (i = 1..m) is multiplied by
+    ``m - i + 1``, then made non-decreasing (a running maximum) and capped
+    at 1; a comparison is rejected ("separated") when its adjusted p-value
+    is below ``alpha``. Controls the family-wise error rate at ``alpha``
+    under any dependence between the comparisons.
+
+    Args:
+        pvalues: one p-value per comparison (``nan``: no test, e.g. one
+            seed; kept as ``nan`` and counted in the family).
+        alpha: the family-wise error rate.
+
+    Returns:
+        ``(adjusted p-values, rejected flags)``, in the order given.
+    """
+    p = np.asarray(pvalues, float)
+    m = len(p)
+    order = np.argsort(np.where(np.isnan(p), np.inf, p), kind="stable")
+    adjusted = np.full(m, np.nan)
+    running = 0.0
+    for rank, i in enumerate(order):
+        if np.isnan(p[i]):
+            continue
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        adjusted[i] = running
+    return adjusted.tolist(), [bool(a < alpha) for a in adjusted]
 
 
 def comparisons(per, metric=lambda r: 100 * r["mAP_cls"], fractions=FRACTIONS,
