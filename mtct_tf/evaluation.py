@@ -249,12 +249,20 @@ def write_report(results, out_prefix, title, schema=None):
         table = metrics_lib.format_table(results, title=title)
         extra = (f"\nchance mAP_cls: {100 * results['chance_mAP_cls']:.2f}; "
                  f"mean top-1: {100 * results['mean_top1']:.2f}; "
-                 f"images: {results['num_images']}\n")
+                 f"images: {results['num_images']}\n"
+                 "top-1 accuracy per attribute (labelled images): "
+                 + ", ".join(f"{a} {100 * v:.1f}"
+                             for a, v in results["top1"].items()
+                             if not math.isnan(v)) + "\n")
     else:  # Multilabel heads only.
         table = f"**{title}**\n"
         extra = f"\nimages: {results['num_images']}\n"
     if results.get("retrieval"):
         extra += "\n" + retrieval.format_result(results["retrieval"]) + "\n"
+    if results.get("retrieval_shop_gallery"):
+        extra += ("\nThe same queries, the gallery embedded by the shop "
+                  "stage's network:\n\n" + retrieval.format_result(
+                      results["retrieval_shop_gallery"]) + "\n")
     if schema is not None and results.get("spread"):
         extra += ("\nPrediction spread (top-1 over labelled images):\n\n"
                   + spread_table(results["spread"], schema))
@@ -346,8 +354,17 @@ def evaluate(model_dir, *, split="test", domain="street", stage=None,
             probs, labels, multilabel, softmax_names=softmax)
     results["model"] = os.path.join(model_dir, stage)
     if domain == "street":
+        crop = box_source != "none"
         results["retrieval"] = _street_to_shop(
-            net, config, shards_dir, split, crop_to_bbox=box_source != "none")
+            net, config, shards_dir, split, crop_to_bbox=crop)
+        if stage != "shop" and runs.is_done(model_dir, "shop"):
+            # The gallery through the shop stage's network f_s, the one the
+            # cross-domain loss pulls street embeddings towards.
+            shop_net = runs.load_stage(model_dir, "shop", schema,
+                                       f"of {shards_dir}")
+            results["retrieval_shop_gallery"] = _street_to_shop(
+                net, config, shards_dir, split, crop_to_bbox=crop,
+                gallery_net=shop_net)
     results["box_source"] = box_source or "training's"
     boxes = f", {BOX_SOURCE_NAMES[box_source]}" if box_source else ""
     title = (f"{config.method} ({stage} model) on {domain} {split}{boxes} "
@@ -361,19 +378,26 @@ def evaluate(model_dir, *, split="test", domain="street", stage=None,
     return results
 
 
-def _street_to_shop(net, config, street_shards, split, *, crop_to_bbox):
-    """Retrieval top-k of the split's street images among its shop images.
+def _street_to_shop(net, config, street_shards, split, *, crop_to_bbox,
+                    gallery_net=None):
+    """Retrieval top-k of the split's street images among its shop images,
+    the queries embedded by ``net``, the gallery by ``gallery_net``
+    (default ``net``).
 
     ``None`` when the split has no shop image (nothing to retrieve).
     """
-    embedder = retrieval.Embedder(
-        lambda x: net.predict_on_batch(x)["embedding"], net.image_size,
-        config.data.margin, "model")
+    def embedder(model, name):
+        return retrieval.Embedder(
+            lambda x: model.predict_on_batch(x)["embedding"],
+            model.image_size, config.data.margin, name)
+
     try:
         return retrieval.evaluate_retrieval(
-            embedder, config.data.shards_dir, split=split,
+            embedder(net, "model"), config.data.shards_dir, split=split,
             street_shards_dir=street_shards, progress=False,
-            query_crop_to_bbox=crop_to_bbox)
+            query_crop_to_bbox=crop_to_bbox,
+            gallery_embedder=(None if gallery_net is None
+                              else embedder(gallery_net, "shop model")))
     except ValueError:  # No shop (or street) image in the split.
         return None
 

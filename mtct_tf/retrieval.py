@@ -374,20 +374,23 @@ def _progress(iterable, enabled, desc):
 
 def evaluate_retrieval(embedder, shards_dir, *, split="test",
                        street_shards_dir=None, ks=TOP_K, method="exact",
-                       progress=True, query_crop_to_bbox=True):
+                       progress=True, query_crop_to_bbox=True,
+                       gallery_embedder=None):
     """Consumer-to-shop retrieval: street queries against the shop gallery.
 
     Queries are the split's street images (from ``street_shards_dir`` when
     given, e.g. detector crops), the gallery the split's shop images; a
     query counts at k when one of its k nearest shop images is of its item.
     ``query_crop_to_bbox=False`` queries with whole street photos.
+    ``gallery_embedder`` embeds the gallery with another network than the
+    queries (default: ``embedder`` for both).
 
     Returns:
         ``{"topk_accuracy": {k: fraction}, "num_queries", "num_gallery",
         "num_gallery_items", "method"}``.
     """
-    gallery = embed_shards(embedder, shards_dir, split, "shop",
-                           progress=progress)
+    gallery = embed_shards(gallery_embedder or embedder, shards_dir, split,
+                           "shop", progress=progress)
     queries = embed_shards(embedder, street_shards_dir or shards_dir, split,
                            "street", progress=progress,
                            crop_to_bbox=query_crop_to_bbox)

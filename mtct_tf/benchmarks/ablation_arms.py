@@ -190,9 +190,9 @@ def _keep(result):
     """The parts of an evaluation the report uses."""
     out = {k: result[k] for k in (*COLUMNS, "ap", "chance_mAP_cls",
                                   "num_images")}
-    retrieval = result.get("retrieval")
-    if retrieval:
-        out["retrieval"] = retrieval["topk_accuracy"]
+    for key in ("retrieval", "retrieval_shop_gallery"):
+        if result.get(key):
+            out[key] = result[key]["topk_accuracy"]
     return out
 
 
