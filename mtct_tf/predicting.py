@@ -18,11 +18,13 @@ import tensorflow as tf
 
 from mtct_tf import attributes as attributes_lib
 from mtct_tf import export_lib, fileio, runs
+from mtct_tf.detector import boxes
 
 # Annotation: images are scaled up (nearest) until their long side reaches
 # this many pixels, so that a 64 px demo photo still shows a readable box.
 ANNOTATION_SIDE = 384
 BOX_COLOUR = (255, 40, 40)
+ANNOTATED_COLOUR = (40, 200, 60)
 
 
 @dataclasses.dataclass
@@ -53,6 +55,68 @@ class Prediction:
             "box": self.box, "box_pixels": self.box_pixels,
             "score": self.score, "detected": self.detected,
         }
+
+
+@dataclasses.dataclass
+class Annotation:
+    """What a manifest says of a photo (to set beside a prediction).
+
+    Attributes:
+        path: the photo file.
+        labels: attribute name -> annotated value name, ``None`` = missing.
+        box_pixels: the annotated garment box ``(ymin, xmin, ymax, xmax)``
+            in photo pixels, or ``None``.
+        where: the manifest line it came from.
+    """
+
+    path: str
+    labels: dict
+    box_pixels: tuple = None
+    where: str = ""
+
+
+def find_annotation(manifest_path, schema, *, photo=None, split=None,
+                    domain=None):
+    """The annotation of ``photo`` in a manifest, or of the first line of a
+    split and domain (a fixed rule for choosing a photo, not a pick).
+
+    Args:
+        manifest_path: a ``manifest.jsonl`` (docs/DATA_FORMAT.md).
+        schema: the model's ``AttributeSchema`` (value names).
+        photo: a photo path: its line is found by the file it names.
+        split, domain: without ``photo``: the first line (in file order)
+            of this split and domain.
+
+    Returns:
+        An ``Annotation``.
+
+    Raises:
+        ValueError: no such line (the message names the manifest).
+    """
+    from mtct_tf.data import manifest as manifest_lib
+
+    entries, _ = manifest_lib.read_manifest(manifest_path, schema,
+                                            allow_outside_root=True)
+    if photo is not None:
+        target = os.path.realpath(photo)
+        found = [e for e in entries if os.path.realpath(e.path) == target]
+        what = f"no line of {manifest_path} names {photo}"
+    else:
+        found = [e for e in entries
+                 if e.split == split and e.domain == domain]
+        what = (f"{manifest_path} has no {domain} photo in split "
+                f"{split!r}")
+    if not found:
+        raise ValueError(what)
+    entry = found[0]
+    box = None
+    if entry.bbox is not None:
+        x0, y0, x1, y1 = entry.bbox
+        box = (y0, x0, y1, x1)
+    labels = {a.name: a.decode(entry.labels.get(a.name, a.missing_code))
+              for a in schema}
+    return Annotation(entry.path, labels, box,
+                      f"{manifest_path}, line {entry.line}")
 
 
 class Predictor:
@@ -205,13 +269,17 @@ def _font(size):
         return ImageFont.load_default()
 
 
-def annotate(encoded, prediction, path):
-    """Writes a PNG: the photo (box drawn) beside a panel of top-1 values.
+def annotate(encoded, prediction, path, annotation=None):
+    """Writes a PNG: the photo (boxes drawn) beside a panel of top-1 values.
 
     Args:
         encoded: the photo's bytes.
-        prediction: its ``Prediction``.
+        prediction: its ``Prediction`` (the detector's box in red, or
+            orange when no detection passed and the whole photo was used).
         path: the PNG to write (written atomically).
+        annotation: optional ``Annotation``: its box is drawn in green and
+            each attribute's line gains the annotated value and whether the
+            top-1 is right.
 
     Returns:
         ``path``.
@@ -225,20 +293,28 @@ def annotate(encoded, prediction, path):
     scale = max(1, math.ceil(ANNOTATION_SIDE / max(w, h)))
     photo = photo.resize((w * scale, h * scale), Image.NEAREST)
     draw = ImageDraw.Draw(photo)
+    width = max(2, photo.size[0] // 150)
+    drawn = []
+    if annotation is not None and annotation.box_pixels is not None:
+        drawn.append((annotation.box_pixels, ANNOTATED_COLOUR))
     if prediction.box_pixels is not None:
-        ymin, xmin, ymax, xmax = (v * scale for v in prediction.box_pixels)
-        width = max(2, photo.size[0] // 150)
-        colour = BOX_COLOUR if prediction.detected else (255, 200, 0)
+        drawn.append((prediction.box_pixels, BOX_COLOUR if prediction.detected
+                      else (255, 200, 0)))
+    for box, colour in drawn:
+        ymin, xmin, ymax, xmax = (v * scale for v in box)
         draw.rectangle([xmin, ymin, xmax - 1, ymax - 1], outline=colour,
                        width=width)
     font = _font(14)
     lines = []
     if prediction.box is not None:
-        lines.append(f"garment score {prediction.score:.2f}"
+        lines.append(f"garment score {prediction.score:.2f} (red)"
                      if prediction.detected else "no detection: whole photo")
+    if annotation is not None and annotation.box_pixels is not None:
+        lines.append("annotated box (green)")
     for name, values in prediction.top.items():
         value, p = values[0]
-        lines.append(f"{name}: {value} ({p:.2f})")
+        lines.append(f"{name}: {value} ({p:.2f})"
+                     + _verdict(value, annotation, name))
     line_h = 18
     panel_w = 12 + max(int(draw.textlength(s, font=font)) for s in lines)
     canvas = Image.new(
@@ -257,9 +333,37 @@ def annotate(encoded, prediction, path):
     return path
 
 
-def format_prediction(photo, prediction):
-    """The text that ``python -m mtct_tf.predict`` prints."""
+def _verdict(value, annotation, name):
+    """`` [annotated X: right]`` / ``wrong`` / ``unlabelled`` (or "")."""
+    if annotation is None:
+        return ""
+    truth = annotation.labels.get(name)
+    if truth is None:
+        return "  [not annotated]"
+    if isinstance(truth, (list, dict)):  # Multilabel: no single top-1.
+        return ""
+    return f"  [annotated {truth}: {'right' if value == truth else 'wrong'}]"
+
+
+def format_prediction(photo, prediction, annotation=None):
+    """The text that ``python -m mtct_tf.predict`` prints.
+
+    With an ``Annotation``, each attribute's line ends with the annotated
+    value and whether the top-1 is right, and the box lines compare the
+    detector's box with the annotated one (IoU).
+    """
     lines = [photo]
+    if annotation is not None:
+        lines.append(f"  annotation: {annotation.where}")
+        if annotation.box_pixels is not None:
+            box = " ".join(f"{v:.0f}" for v in annotation.box_pixels)
+            iou = ""
+            if prediction.box_pixels is not None and prediction.detected:
+                overlap = boxes.box_iou(annotation.box_pixels,
+                                        prediction.box_pixels)
+                iou = f"; IoU with the detector's {overlap:.2f}"
+            lines.append(f"  annotated box (ymin xmin ymax xmax) {box} px"
+                         + iou)
     if prediction.box is not None:
         if prediction.detected:
             box = " ".join(f"{v:.3f}" for v in prediction.box)
@@ -272,5 +376,14 @@ def format_prediction(photo, prediction):
     width = max(len(n) for n in prediction.top)
     for name, values in prediction.top.items():
         shown = "  ".join(f"{v} {p:.3f}" for v, p in values)
-        lines.append(f"  {name:<{width}}  {shown}")
+        lines.append(f"  {name:<{width}}  {shown}"
+                     + _verdict(values[0][0], annotation, name))
+    if annotation is not None:
+        judged = [_verdict(v[0][0], annotation, n)
+                  for n, v in prediction.top.items()]
+        right = sum(": right]" in j for j in judged)
+        known = sum(": " in j for j in judged)
+        lines.append(f"  top-1 right for {right} of {known} annotated "
+                     "attributes")
     return "\n".join(lines)
+

@@ -1,5 +1,6 @@
 """predict: the library (run dir / .keras / SavedModel) and the CLI."""
 
+import json
 import os
 import re
 import subprocess
@@ -53,7 +54,7 @@ def test_keras_file_top_k_matches_the_model(setup):
 
 def test_run_directory_uses_the_last_stage_and_the_run_schema(setup, tmp_path):
     net, keras_path, photo, _, root = setup
-    config = configs.get_experiment("demo")
+    config = configs.get_experiment("smoke")
     config.method = "ftt"  # Stages shop, street: street is the last.
     config.schema = str(root / "schema.json")
     config.data.margin = 0.2
@@ -198,3 +199,61 @@ def test_a_schema_with_other_value_names_is_refused_naming_the_attribute(
     # The schema it was trained with is accepted.
     assert runs.load_model_and_schema(
         keras_path, schema=str(root / "schema.json"))[1] == SCHEMA
+
+
+def test_manifest_annotation_beside_the_prediction(setup, tmp_path, capsys):
+    """--manifest --pick test/street: the first street test line's photo,
+    each attribute's annotated value and whether the top-1 is right, the
+    annotated box drawn in green beside the detector's red one."""
+    net, keras_path, photo, det, root = setup
+    pred = predicting.load_predictor(
+        keras_path, detector=det, margin=0.1).predict_file(photo, top_k=1)
+    colour_top = pred.top["colour"][0][0]
+    # The second call predicts on the whole photo (no detector): its own top-1.
+    whole_top = predicting.load_predictor(keras_path).predict_file(
+        photo, top_k=1).top["colour"][0][0]
+    wrong = next(v for v in SCHEMA["colour"].values if v != whole_top)
+    data = tmp_path / "data"
+    (data / "img").mkdir(parents=True)
+    for name in ("train.png", "first.png", "second.png"):
+        (data / "img" / name).write_bytes(open(photo, "rb").read())
+    lines = [
+        {"id": "a", "path": "img/train.png", "domain": "street",
+         "item_id": "a", "split": "train", "attributes": {}},
+        {"id": "b", "path": "img/first.png", "domain": "street",
+         "item_id": "b", "split": "test", "bbox": [4, 6, 30, 50],
+         "attributes": {"colour": colour_top, "sleeve": None}},
+        {"id": "c", "path": "img/second.png", "domain": "street",
+         "item_id": "c", "split": "test",
+         "attributes": {"colour": wrong}},
+    ]
+    manifest = tmp_path / "data" / "manifest.jsonl"
+    manifest.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    out = str(tmp_path / "a.png")
+    code = predict.main(["--manifest", str(manifest), "--pick",
+                         "test/street", "--model", keras_path, "--detector",
+                         det, "--margin", "0.1", "--out", out])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "first.png" in text and "manifest.jsonl, line 2" in text
+    assert f"[annotated {colour_top}: right]" in text
+    assert "sleeve" in text and "[not annotated]" in text
+    assert "top-1 right for 1 of 1 annotated attributes" in text
+    assert "annotated box (ymin xmin ymax xmax) 6 4 50 30 px; IoU" in text
+    with Image.open(out) as im:
+        image = np.asarray(im.convert("RGB"))
+    scale = 7
+    np.testing.assert_array_equal(image[28 * scale, 4 * scale],
+                                  predicting.ANNOTATED_COLOUR)
+    # A photo named directly is found by its file; a wrong top-1 says so.
+    code = predict.main([str(data / "img" / "second.png"), "--manifest",
+                         str(manifest), "--model", keras_path])
+    assert code == 0
+    assert f"[annotated {wrong}: wrong]" in capsys.readouterr().out
+    # No such split / photo: an error naming the manifest.
+    assert predict.main(["--manifest", str(manifest), "--pick", "val/shop",
+                         "--model", keras_path]) == 2
+    assert "has no shop photo in split 'val'" in capsys.readouterr().err
+    assert predict.main([photo, "--manifest", str(manifest), "--model",
+                         keras_path]) == 2
+    assert "names " + photo in capsys.readouterr().err
