@@ -137,10 +137,12 @@ def sections(text):
         start = j + len(end)
 
 
-def write_section(path, name, text):
+def write_section(path, name, text, *, after_title=False):
     """Replaces the section ``name`` of the Markdown file ``path`` (between
     ``<!-- begin name -->`` and ``<!-- end name -->``) by ``text``, or
-    appends it; the rest of the file is kept. Atomic, like ``write_text``.
+    adds it: appended, or with ``after_title`` right after the file's
+    first line (its ``# title``); the rest of the file is kept. Atomic,
+    like ``write_text``.
     """
     begin, end = _markers(name)
     block = f"{begin}\n{text.strip()}\n{end}"
@@ -151,21 +153,43 @@ def write_section(path, name, text):
     current = sections(old).get(name)
     if current is not None:
         new = old.replace(current, block)
+    elif after_title and old.strip():
+        title, _, rest = old.partition("\n")
+        new = f"{title}\n\n{block}\n\n{rest.lstrip(chr(10))}"
     else:
         new = old.rstrip("\n") + ("\n\n" if old.strip() else "") + block
     write_text(path, new.rstrip("\n") + "\n")
 
 
 def keep_sections(new_text, path):
-    """``new_text`` followed by the marked sections of the file ``path``
-    that ``new_text`` lacks (a regenerated report keeps what other
-    generators wrote into it)."""
+    """``new_text`` with the marked sections of the file ``path`` that
+    ``new_text`` lacks (a regenerated report keeps what other generators
+    wrote into it): those that stood before the old file's first ``## ``
+    heading of its own go right after the new text's title line, the
+    others at its end."""
     if not os.path.exists(path):
         return new_text
     with open(path, encoding="utf-8") as f:
-        old = sections(f.read())
+        text = f.read()
+    old = sections(text)
     mine = sections(new_text)
-    extra = [block for name, block in old.items() if name not in mine]
-    if not extra:
+    # The first heading of the file's own text (not one inside a section).
+    masked = text
+    for block in old.values():
+        masked = masked.replace(block, " " * len(block))
+    first_heading = masked.find("\n## ")
+    if first_heading < 0:
+        first_heading = len(text)
+    top, bottom = [], []
+    for name, block in old.items():
+        if name in mine:
+            continue
+        at_top = 0 <= text.find(block) < first_heading
+        (top if at_top else bottom).append(block)
+    if top:
+        title, _, rest = new_text.partition("\n")
+        new_text = (f"{title}\n\n" + "\n\n".join(top) + "\n\n"
+                    + rest.lstrip("\n"))
+    if not bottom:
         return new_text
-    return new_text.rstrip("\n") + "\n\n" + "\n\n".join(extra) + "\n"
+    return new_text.rstrip("\n") + "\n\n" + "\n\n".join(bottom) + "\n"

@@ -174,7 +174,7 @@ class Stage:
 # Stages on the project's own records.
 
 
-def _budget(config):
+def budget(config):
     """Steps per epoch: (shop, street, one-stage) and one-stage epochs."""
     d = config.data
     n_shop = shards.count_records(
@@ -263,7 +263,7 @@ class _MTNStage(Stage):
         raise NotImplementedError
 
     def build_inputs(self, config, schema, strategy, **options):
-        shop_spe, street_spe, one_spe, one_epochs = _budget(config)
+        shop_spe, street_spe, one_spe, one_epochs = budget(config)
         if len(METHODS[config.method]) == 1:
             spe, epochs = one_spe, one_epochs
         elif self.section == "street":

@@ -86,7 +86,8 @@ def make_optimizer(stage_config, total_steps, progress=None):
     )
 
 
-def train_stage(config, model_dir, stage, *, verbose="auto", **options):
+def train_stage(config, model_dir, stage, *, verbose="auto", callbacks=(),
+                **options):
     """Trains one stage, resuming from its backup if one exists.
 
     Args:
@@ -94,6 +95,9 @@ def train_stage(config, model_dir, stage, *, verbose="auto", **options):
         model_dir: the run directory.
         stage: a name in ``stages.STAGES``.
         verbose: ``Model.fit`` verbosity.
+        callbacks: further Keras callbacks (a benchmark's scoring, say),
+            run before the best-weights, history and backup callbacks, so
+            that values they add to an epoch's logs are recorded.
         **options: passed to the stage's ``build_inputs`` (stage 0:
             ``source``, a ``pretrain.TfdsSource``).
 
@@ -152,9 +156,12 @@ def train_stage(config, model_dir, stage, *, verbose="auto", **options):
         # The backup goes last: at an epoch end the best weights and the
         # history row are written before the backup says the epoch is done,
         # so a kill in between repeats the epoch rather than losing them.
+        # Further callbacks go before the ones that read an epoch's logs,
+        # so that what they add to them reaches history.csv.
         callbacks = [
             callbacks_lib.CompactProgbar(),
             callbacks_lib.EpochSeconds(),
+            *callbacks,
             best,
             keras.callbacks.CSVLogger(
                 os.path.join(wout, runs.HISTORY_FILE), append=True),

@@ -196,3 +196,22 @@ def test_marked_sections_survive_a_regenerated_report(tmp_path):
                     "<!-- end retrieval -->\n\n<!-- begin other -->\n## O\n"
                     "<!-- end other -->\n")
     assert list(fileio.sections(text)) == ["retrieval", "other"]
+
+
+def test_a_section_after_the_title_stays_there_when_regenerated(tmp_path):
+    from mtct_tf import fileio
+
+    path = str(tmp_path / "R.md")
+    fileio.write_text(path, "# Results\n\nold intro\n\n## Tables\n\nold\n")
+    fileio.write_section(path, "summary", "## Summary\n\ns1",
+                         after_title=True)
+    fileio.write_section(path, "late", "## Late\n\nl1")
+    text = open(path).read()
+    assert text.startswith("# Results\n\n<!-- begin summary -->\n## Summary")
+    assert text.rstrip().endswith("<!-- end late -->")
+    regenerated = fileio.keep_sections(
+        "# Results v2\n\nnew intro\n\n## Tables\n\nnew\n", path)
+    assert regenerated.startswith(
+        "# Results v2\n\n<!-- begin summary -->\n## Summary\n\ns1\n"
+        "<!-- end summary -->\n\nnew intro")
+    assert regenerated.rstrip().endswith("<!-- end late -->")

@@ -102,9 +102,14 @@ class Arm:
     same key are the same run.
     """
 
-    def __init__(self, key, experiment, fraction=1.0, overrides=()):
+    def __init__(self, key, experiment, fraction=1.0, overrides=(),
+                 shop_key="_shop", shop_overrides=()):
         self.key, self.experiment = key, experiment
         self.fraction, self.overrides = fraction, tuple(overrides)
+        # The cached shop stage it starts from (two-stage methods and
+        # No-Adapt), trained once per seed with these overrides: arms of
+        # another model (JAN) have their own.
+        self.shop_key, self.shop_overrides = shop_key, tuple(shop_overrides)
 
 
 def no_adapt():
@@ -197,8 +202,12 @@ def _keep(result):
 
 
 def run_arm(arm, shards, seed, base, overrides, split="test",
-            domain="street"):
-    """Trains (reusing the seed's shop stage) and evaluates one arm."""
+            domain="street", callbacks=()):
+    """Trains (reusing the seed's shop stage) and evaluates one arm.
+
+    ``callbacks`` (Keras callbacks) run in every stage it trains, the
+    shared shop stage included when this arm trains it.
+    """
     import keras
 
     from mtct_tf import evaluation, runs, training
@@ -218,17 +227,18 @@ def run_arm(arm, shards, seed, base, overrides, split="test",
     if plan[0] == "shop":
         # No-Adapt, FTT, MTCT, the oracle and the loss variants of a seed
         # start from the same shop stage, trained once.
-        shop_cache = os.path.join(base, "_shop")
+        shop_cache = os.path.join(base, arm.shop_key)
         if not runs.is_done(shop_cache, "shop"):
             keras.backend.clear_session()
-            training.run(config_of("ftt", shards, seed, 1.0, overrides),
-                         shop_cache, "shop", verbose=0)
+            training.run(config_of("ftt", shards, seed, 1.0,
+                                   [*overrides, *arm.shop_overrides]),
+                         shop_cache, "shop", verbose=0, callbacks=callbacks)
         target = runs.stage_dir(run_dir, "shop")
         if not os.path.exists(target):
             shutil.copytree(runs.stage_dir(shop_cache, "shop"), target,
                             ignore=shutil.ignore_patterns("backup", "logs"))
     keras.backend.clear_session()
-    training.run(config, run_dir, "all", verbose=0)
+    training.run(config, run_dir, "all", verbose=0, callbacks=callbacks)
     evaluation.evaluate(run_dir, split=split, domain=domain, config=config)
     with open(result_path) as f:
         return _keep(json.load(f))
@@ -240,7 +250,7 @@ def timed_run(arm, shards, seed, base, overrides, **options):
     path = os.path.join(base, arm.key, "eval",
                         f"seconds_{options.get('domain', 'street')}_"
                         f"{options.get('split', 'test')}.json")
-    shop_done = os.path.exists(os.path.join(base, "_shop", "shop",
+    shop_done = os.path.exists(os.path.join(base, arm.shop_key, "shop",
                                             "done.json"))
     start = time.time()
     result = run_arm(arm, shards, seed, base, overrides, **options)

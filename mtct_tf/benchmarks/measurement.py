@@ -14,6 +14,7 @@ TensorFlow is imported only inside the measurements: the ``python -m
 mtct_tf.benchmark`` parser imports this module and stays instant.
 """
 
+import importlib
 import json
 import os
 import platform
@@ -511,7 +512,12 @@ def worker_main(argv):
     with open(args_path) as f:
         kwargs = json.load(f)
     t = Clock()
-    result = MEASUREMENTS[name](**kwargs)
+    if name in MEASUREMENTS:
+        fn = MEASUREMENTS[name]
+    else:  # "package.module:function" of another benchmark module.
+        module, function = name.split(":")
+        fn = getattr(importlib.import_module(module), function)
+    result = fn(**kwargs)
     result["seconds_total"] = round(t.read()[0], 1)
     usage = [resource.getrusage(who) for who in (resource.RUSAGE_SELF,
                                                  resource.RUSAGE_CHILDREN)]
@@ -523,12 +529,13 @@ def worker_main(argv):
 
 
 def run_measurement(name, work_dir, env=None, log=print, **kwargs):
-    """Runs ``MEASUREMENTS[name](**kwargs)`` in a fresh Python process.
+    """Runs ``MEASUREMENTS[name](**kwargs)`` in a fresh Python process
+    (or ``name`` = ``"package.module:function"``'s function).
 
     Raises:
         RuntimeError: the process failed; the message ends with its log.
     """
-    tag = f"{name}-{len(os.listdir(work_dir))}"
+    tag = f"{name.split(':')[-1]}-{len(os.listdir(work_dir))}"
     args_path = os.path.join(work_dir, f"{tag}.args.json")
     out_path = os.path.join(work_dir, f"{tag}.out.json")
     log_path = os.path.join(work_dir, f"{tag}.log")
