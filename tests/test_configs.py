@@ -17,7 +17,7 @@ def test_registry_has_the_named_experiments():
 def test_overrides_from_yaml_then_command_line(tmp_path):
     f = tmp_path / "o.yaml"
     f.write_text("shop:\n  epochs: 7\ndata:\n  batch_size: 8\n")
-    c = configs.build("demo", str(f), ["shop.epochs=3",
+    c = configs.build("smoke", str(f), ["shop.epochs=3",
                                        "street.cross_domain.alpha=2"])
     assert c.shop.epochs == 3 and c.data.batch_size == 8
     assert c.street.cross_domain.alpha == 2.0
@@ -32,25 +32,25 @@ def test_overrides_from_yaml_then_command_line(tmp_path):
 ])
 def test_bad_overrides_are_errors(override, match):
     with pytest.raises(configs.ConfigError, match=match):
-        configs.build("demo", None, [override])
+        configs.build("smoke", None, [override])
 
 
 def test_yaml_unknown_key_names_the_file(tmp_path):
     f = tmp_path / "bad.yaml"
     f.write_text("model:\n  depth: 50\n")
     with pytest.raises(configs.ConfigError, match="bad.yaml.*model.depth"):
-        configs.build("demo", str(f))
+        configs.build("smoke", str(f))
 
 
 def test_yaml_is_loaded_safely(tmp_path):
     f = tmp_path / "evil.yaml"
     f.write_text("seed: !!python/object/apply:os.system ['true']\n")
     with pytest.raises(configs.ConfigError, match="not valid YAML"):
-        configs.build("demo", str(f))
+        configs.build("smoke", str(f))
 
 
 def test_saved_config_round_trips(tmp_path):
-    c = configs.build("demo", None, ["seed=5", "model.preset=tiny"])
+    c = configs.build("smoke", None, ["seed=5", "model.preset=tiny"])
     path = tmp_path / "config.yaml"
     configs.save(c, str(path))
     again = configs.from_dict(configs.load_yaml(str(path)))
@@ -61,8 +61,8 @@ def test_attribute_weights_override_and_checks():
     c = configs.build("synth_benchmark", None,
                       ["attribute_weights={pattern: 4, button: 2.5}"])
     assert c.attribute_weights == {"pattern": 4, "button": 2.5}
-    assert configs.build("demo").attribute_weights == {}
+    assert configs.build("smoke").attribute_weights == {}
     with pytest.raises(configs.ConfigError, match="numbers >= 0"):
-        configs.build("demo", None, ["attribute_weights={pattern: -1}"])
+        configs.build("smoke", None, ["attribute_weights={pattern: -1}"])
     with pytest.raises(configs.ConfigError, match="attribute_weights expects"):
-        configs.build("demo", None, ["attribute_weights=3"])
+        configs.build("smoke", None, ["attribute_weights=3"])

@@ -434,7 +434,7 @@ def _train_main(model_dir, out, *overrides):
         return fit(self, *args, **kwargs)
 
     transfer.MTNTrainer.fit = capture
-    config = configs.build("demo", None, list(overrides))
+    config = configs.build("smoke", None, list(overrides))
     info = training.train_stage(config, model_dir, "shop", verbose=0)
     np.savez(out, *trainers[0].net.get_weights())
     usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -610,7 +610,7 @@ def measure_memory(root, sizes=(100, 1000), image_size=512, steps=20):
         table = _shop_table_bytes(pipeline.shard_files(shards, "train"),
                                   pipeline.load_schema(shards))
         train = [sys.executable, "-m", "mtct_tf.train", "--experiment",
-                 "demo", "--model_dir", os.path.join(base, "run"),
+                 "smoke", "--model_dir", os.path.join(base, "run"),
                  "--override", f"data.shards_dir={shards}",
                  "--override", "shop.epochs=1", "--override",
                  f"shop.steps_per_epoch={steps}", "--override",

@@ -18,7 +18,7 @@ def run(tmp_path_factory, tiny_shards):
     ``detector`` source must score exactly what ``gt`` scores.
     """
     _, shards, _ = tiny_shards
-    config = configs.build("demo", None, [
+    config = configs.build("smoke", None, [
         "method=no_adapt", f"data.shards_dir={shards}", f"data.street_shards_dir={shards}",
         "model.preset=tiny", "data.image_size=16", "data.batch_size=2",
         "data.shuffle_buffer=4", "shop.epochs=1", "shop.steps_per_epoch=1",

@@ -39,7 +39,7 @@ def _config(**overrides):
             "pretrain.epochs": 1, "pretrain.steps_per_epoch": 2,
             "pretrain.validation_steps": 1}
     base.update(overrides)
-    return configs.build("demo", overrides=[f"{k}={v}"
+    return configs.build("smoke", overrides=[f"{k}={v}"
                                             for k, v in base.items()])
 
 
@@ -307,7 +307,7 @@ import os, sys
 import tensorflow_datasets as tfds
 from mtct_tf import configs, pretrain, training
 model_dir = sys.argv[1]
-config = configs.build("demo", overrides=sys.argv[2:])
+config = configs.build("smoke", overrides=sys.argv[2:])
 with tfds.testing.mock_data(num_examples=8,
                             policy=tfds.testing.MockPolicy.USE_CODE):
     training.run(config, model_dir, "pretrain", verbose=0,

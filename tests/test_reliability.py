@@ -77,7 +77,7 @@ def _train_command(model_dir, shards_dir, *extra):
         f"street.epochs={EPOCHS}", f"street.steps_per_epoch={STEPS}",
         "runtime.backup_every_steps=1", *extra,
     ]
-    command = [sys.executable, "-m", "mtct_tf.train", "--experiment", "demo",
+    command = [sys.executable, "-m", "mtct_tf.train", "--experiment", "smoke",
                "--model_dir", model_dir, "--stage", "all"]
     for o in overrides:
         command += ["--override", o]
@@ -258,7 +258,7 @@ def _tiny_config(shards_dir, **overrides):
              "street.steps_per_epoch=1", "shop.validation_steps=1",
              "street.validation_steps=1"]
     texts += [f"{k}={v}" for k, v in overrides.items()]
-    return configs.build("demo", None, texts)
+    return configs.build("smoke", None, texts)
 
 
 def test_kill_between_training_and_done_json_does_not_train_again(
@@ -771,7 +771,7 @@ def test_config_files_never_build_python_objects(tmp_path):
         path = tmp_path / "evil.yaml"
         path.write_text(text + "\n")
         with pytest.raises(configs.ConfigError, match="not valid YAML"):
-            configs.build("demo", str(path))
+            configs.build("smoke", str(path))
     assert not marker.exists()
 
 

@@ -13,7 +13,7 @@ from mtct_tf import callbacks, configs, training
 
 
 def _config(shards_dir, *extra):
-    return configs.build("demo", None, [
+    return configs.build("smoke", None, [
         f"data.shards_dir={shards_dir}", "model.preset=tiny",
         "data.image_size=16", "data.batch_size=2", "data.shuffle_buffer=8",
         "shop.epochs=2", "shop.steps_per_epoch=3", "street.epochs=1",
