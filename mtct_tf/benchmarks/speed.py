@@ -181,12 +181,23 @@ def add_arguments(parser):
     parser.add_argument("--work_dir",
                         help="keep data, exports and logs here (default: a "
                              "temporary directory)")
+    parser.add_argument(
+        "--time_to_accuracy", action="store_true",
+        help="instead: wall seconds to shop validation mAP_cls 80 of the "
+             "benchmark preset and the demo's path (its section of --out; "
+             "~15 min on 2 cores; mtct_tf.benchmarks.speed_accuracy)")
     parser.set_defaults(func=main)
 
 
 def main(args):
     command = "python -m mtct_tf.benchmark " + " ".join(
         shlex.quote(a) for a in sys.argv[1:])
+    if args.time_to_accuracy:
+        from mtct_tf.benchmarks import speed_accuracy
+
+        speed_accuracy.run(args.out, command=command,
+                           workdir=args.work_dir or "runs/time_to_accuracy")
+        return 0
     run_speed(args.out, quick=args.quick, detector=args.detector,
               work_dir=args.work_dir, command=command)
     return 0
