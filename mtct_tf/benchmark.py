@@ -11,12 +11,21 @@ Commands (one library module each; this file only dispatches):
     retrieval  ScaNN vs exact nearest-neighbour search: recall, queries/s;
                writes its section of docs/BENCHMARKS.md
                (``mtct_tf.benchmarks.retrieval``).
+    confirm    the second, confirmatory protocol (docs/PROTOCOL_2.md):
+               MTCT against UD, end-to-end, budget-matched arms, DDAN and
+               JAN, Holm-adjusted; writes docs/RESULTS_2.md
+               (``mtct_tf.benchmarks.confirm``).
+    real       real photos (clothing-dataset-small) from scratch: test
+               top-1, mAP_cls, per-class AP over seeds; writes
+               docs/RESULTS_REAL.md; --compare chooses the model on
+               validation (``mtct_tf.benchmarks.real``).
 
 Examples:
     python -m mtct_tf.benchmark speed
     python -m mtct_tf.benchmark speed --quick --out /tmp/speed.md
     python -m mtct_tf.benchmark ablation --seeds 3
     python -m mtct_tf.benchmark retrieval
+    python -m mtct_tf.benchmark real --data ../shared/data/clothing-dataset-small
 """
 
 import argparse
@@ -34,6 +43,10 @@ COMMANDS = {
                  "MTCT vs No-Adapt, UD, FTT, end-to-end and loss variants"),
     "retrieval": ("mtct_tf.benchmarks.retrieval",
                   "ScaNN vs exact street-to-shop search: recall, queries/s"),
+    "confirm": ("mtct_tf.benchmarks.confirm",
+                "second protocol: MTCT vs UD, end-to-end, DDAN, JAN (Holm)"),
+    "real": ("mtct_tf.benchmarks.real",
+             "real photos from scratch: test top-1 / mAP_cls over seeds"),
 }
 
 
