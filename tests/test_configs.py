@@ -23,10 +23,17 @@ def test_overrides_from_yaml_then_command_line(tmp_path):
     assert c.street.cross_domain.alpha == 2.0
 
 
+def test_float_overrides_take_exponents_without_a_dot():
+    # YAML 1.1 reads 2e-3 as a string; a learning rate must still parse.
+    c = configs.build("smoke", None, ["shop.learning_rate=2e-3"])
+    assert c.shop.learning_rate == pytest.approx(0.002)
+
+
 @pytest.mark.parametrize("override, match", [
     ("shop.epoch=3", "unknown config key 'shop.epoch'"),
     ("nope=1", "unknown config key 'nope'"),
     ("shop.epochs=many", "shop.epochs expects a int"),
+    ("shop.learning_rate=fast", "shop.learning_rate expects a float"),
     ("method=magic", "method must be one of"),
     ("noequals", "key=value"),
 ])
