@@ -122,3 +122,17 @@ def test_report_files_and_the_summary_on_top_of_results(tmp_path):
     confirm_report.write_report(_fake_data(), out)
     again = open(os.path.join(out, "RESULTS.md")).read()
     assert again.count("<!-- begin protocol-2 -->") == 1
+
+
+def test_the_core_family_is_the_two_ends_without_end_to_end_or_jan():
+    core = confirm.family(confirm.CORE_FRACTIONS, (), jan=False)
+    assert len(core) == 8
+    assert ("MTCT 10%", "UD 10%") in core and ("MTCT 100%", "DDAN 100%") in core
+    assert not any("25%" in a + b or "End-to-end" in b or b == "JAN"
+                   for a, b in core)
+    labels = [name for name, _ in confirm.plan(
+        WEIGHTS, MATCHED, confirm.CORE_FRACTIONS, (), jan=False)]
+    assert "JAN" not in labels and "MTCT 25%" not in labels
+    assert all(a in labels and b in labels for a, b in core)
+    # The extension's family holds the core's.
+    assert set(core) < set(confirm.family())

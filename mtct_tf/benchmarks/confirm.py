@@ -44,12 +44,16 @@ from mtct_tf.benchmarks import confirm_report
 from mtct_tf.benchmarks.ablation_stats import holm, paired, summarize
 
 RENDER_SEED = 2019
-SEEDS = 5
+SEEDS = 3
+# The confirmatory core (one run, <= 60 min on 2 cores): the two ends of
+# the label curve, no end-to-end, no JAN. ``--extension`` adds the rest.
+CORE_FRACTIONS = (0.1, 1.0)
 FRACTIONS = (0.1, 0.25, 1.0)
 END_TO_END_FRACTIONS = (0.1, 1.0)
-# The protocol's budget, on top of each arm's ``synth_benchmark``-based
-# experiment (docs/PROTOCOL_2.md): filled in before any run.
-BUDGET = ()
+# The protocol's budget (docs/PROTOCOL_2.md) on top of each arm's
+# ``synth_benchmark``-based experiment: a 1,000-step shop stage, so
+# one-stage methods train 1,100 steps.
+BUDGET = ("shop.epochs=5",)
 # Method -> (experiment, cross-domain kind) of the methods with a
 # cross-domain term, whose weight comes from the rule.
 CROSS = {"MTCT": ("mtct", "tste_poster"), "DDAN": ("mtct", "coral"),
@@ -64,15 +68,16 @@ def label(method, fraction=None):
         f"{method} {arms.fraction_name(fraction)}")
 
 
-def family(fractions=FRACTIONS, e2e_fractions=END_TO_END_FRACTIONS):
-    """The confirmatory comparisons: ``(a, b)`` arm labels, ``a - b``."""
+def family(fractions=FRACTIONS, e2e_fractions=END_TO_END_FRACTIONS,
+           jan=True):
+    """The confirmatory comparisons: ``(a, b)`` arm labels, ``a - b``
+    (the core's: ``family(CORE_FRACTIONS, (), jan=False)``)."""
     out = [(label("MTCT", f), label("UD", f)) for f in fractions]
     out += [(label("MTCT", f), label("End-to-end", f)) for f in e2e_fractions]
     out += [(label("MTCT", f), label("FTT matched", f)) for f in fractions]
     out += [(label("MTCT matched", f), label("UD", f)) for f in fractions]
     out += [(label("MTCT", f), label("DDAN", f)) for f in fractions]
-    out += [("No-Adapt", "JAN")]
-    return out
+    return out + [("No-Adapt", "JAN")] if jan else out
 
 
 def _round(weight):
@@ -144,7 +149,8 @@ def matched_steps(shards, overrides, fraction):
         "street_records": n_street}
 
 
-def plan(w, matched, fractions=FRACTIONS, e2e_fractions=END_TO_END_FRACTIONS):
+def plan(w, matched, fractions=FRACTIONS, e2e_fractions=END_TO_END_FRACTIONS,
+         jan=True):
     """``[(label, Arm), ...]``: every arm of one seed, cheapest first."""
     all_layers = ["street.finetune=all"]
 
@@ -172,9 +178,10 @@ def plan(w, matched, fractions=FRACTIONS, e2e_fractions=END_TO_END_FRACTIONS):
             (label("MTCT matched", f), street(
                 "MTCT matched", f, "tste_poster", w["MTCT"], matched[f])),
         ]
-    out.append(("JAN", arms.Arm("jan_no_adapt", "no_adapt", 1.0,
-                                ["model.heads=joint"], shop_key="_shop_jan",
-                                shop_overrides=["model.heads=joint"])))
+    if jan:
+        out.append(("JAN", arms.Arm(
+            "jan_no_adapt", "no_adapt", 1.0, ["model.heads=joint"],
+            shop_key="_shop_jan", shop_overrides=["model.heads=joint"])))
     out += [(label("UD", f), arms.control_arm("ud", 0, f))
             for f in fractions]
     out += [(label("End-to-end", f), arms.Arm(
@@ -217,8 +224,9 @@ class StreetValScore:
 
 def run(seeds=SEEDS, workdir="runs/confirm", out_dir="docs", overrides=(),
         render_seed=RENDER_SEED, items=arms.DATA_ITEMS, command=None,
-        log=print):
-    """Runs every arm of the protocol over the seeds; writes the report.
+        extension=False, log=print):
+    """Runs the protocol's core arms (with ``extension``, every arm) over
+    the seeds, reusing finished runs; writes the report.
 
     Returns:
         The report's data (also ``<out_dir>/results/confirm.json``).
@@ -251,12 +259,15 @@ def run(seeds=SEEDS, workdir="runs/confirm", out_dir="docs", overrides=(),
     go(0, "No-Adapt", arms.no_adapt())
     w, measured = weights(shards, seed_dir(0), overrides)
     log(f"[confirm] weights by the rule: {w}")
+    fractions = FRACTIONS if extension else CORE_FRACTIONS
+    scope = dict(fractions=fractions, jan=extension,
+                 e2e_fractions=END_TO_END_FRACTIONS if extension else ())
     matched, matched_info = {}, {}
-    for f in FRACTIONS:
+    for f in fractions:
         matched[f], matched_info[f] = matched_steps(shards, overrides, f)
     log(f"[confirm] budget-matched street steps: {matched}")
     for seed in range(seeds):
-        for name, arm in plan(w, matched):
+        for name, arm in plan(w, matched, **scope):
             if seed == 0 and name == "No-Adapt":
                 continue
             go(seed, name, arm)
@@ -264,7 +275,7 @@ def run(seeds=SEEDS, workdir="runs/confirm", out_dir="docs", overrides=(),
             f"{(time.time() - start) / 60:.1f} min")
 
     comparisons = []
-    for a, b in family():
+    for a, b in family(**scope):
         values = [[100 * r["mAP_cls"] for r in per[x]] for x in (a, b)]
         comparisons.append(dict(paired(*values), a=a, b=b))
     adjusted, rejected = holm([c.get("p", float("nan"))
@@ -287,7 +298,7 @@ def run(seeds=SEEDS, workdir="runs/confirm", out_dir="docs", overrides=(),
             "command": command or "python -m mtct_tf.benchmark confirm",
             "minutes": minutes, "trained_runs": trained,
             "seeds": seeds, "render_seed": render_seed, "items": items,
-            "fractions": list(FRACTIONS),
+            "fractions": list(fractions), "extension": extension,
             "render": arms.render_settings(workdir),
             "weights": w, "weight_measurements": measured,
             "matched_steps": {f"{f:g}": s for f, s in matched.items()},
@@ -394,6 +405,9 @@ def add_arguments(parser):
     parser.add_argument("--items", type=int, default=arms.DATA_ITEMS,
                         help="rendered items (fewer for a quick trial)")
     parser.add_argument("--render_seed", type=int, default=RENDER_SEED)
+    parser.add_argument("--extension", action="store_true",
+                        help="also the 25%% fraction, end-to-end and JAN "
+                             "(docs/PROTOCOL_2.md's extension run)")
     parser.add_argument("--override", action="append", default=[],
                         metavar="KEY=VALUE",
                         help="applied to every arm alike (trials only: the "
@@ -407,7 +421,7 @@ def add_arguments(parser):
             shlex.quote(a) for a in sys.argv[1:])
         run(seeds=args.seeds, workdir=args.workdir, out_dir=args.out,
             overrides=args.override, render_seed=args.render_seed,
-            items=args.items, command=command)
+            items=args.items, command=command, extension=args.extension)
         return 0
 
     parser.set_defaults(func=func)

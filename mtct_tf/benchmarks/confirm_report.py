@@ -55,7 +55,7 @@ def arms_table(summary, fractions):
             name = f"{m} {100 * f:g}%"
             cells.append(_ms(summary, name) if name in summary else "-")
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
-    for m in ("No-Adapt", "JAN"):
+    for m in [m for m in ("No-Adapt", "JAN") if m in summary]:
         lines.append(f"| {m} (shop stage only) | " + " | ".join(
             [_ms(summary, m)] + [""] * (len(fractions) - 1)) + " |")
     return "\n".join(lines)
