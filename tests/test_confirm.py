@@ -136,3 +136,55 @@ def test_the_core_family_is_the_two_ends_without_end_to_end_or_jan():
     assert all(a in labels and b in labels for a, b in core)
     # The extension's family holds the core's.
     assert set(core) < set(confirm.family())
+
+
+def test_comparisons_without_their_arms_are_not_run_and_stay_in_holm():
+    per_seed = {"MTCT 10%": [50.0, 52.0, 51.0], "UD 10%": [40.0, 41.0, 39.5],
+                "MTCT 100%": [60.0, 61.0, 60.5]}
+    pairs = [("MTCT 10%", "UD 10%"), ("MTCT 100%", "UD 100%")]
+    out = confirm._compare(pairs, per_seed)
+    assert out[1]["holm"] == "not run" and out[1]["mean"] is None
+    alone = confirm._compare(pairs[:1], per_seed)[0]
+    # The missing comparison still counts: Holm's factor is 2, not 1.
+    assert out[0]["p_holm"] == pytest.approx(min(1.0, 2 * alone["p"]))
+    table = confirm_report.family_table(out)
+    assert "| MTCT 100% − UD 100% | - |" in table
+    assert "not run" in table
+
+
+def test_reused_arms_come_from_the_earlier_results(tmp_path):
+    prior = _fake_data()
+    prior["info"]["seeds"] = 3
+    path = tmp_path / "confirm.json"
+    path.write_text(json.dumps(prior))
+    loaded = confirm.load_reuse(str(path), 3, 2019, 3400)
+    reused = {n for n, v in loaded["per_seed"].items() if len(v) == 3}
+    data = confirm._assemble({}, loaded, reused, 3)
+    assert data["per_seed"]["MTCT 10%"] == prior["per_seed"]["MTCT 10%"]
+    assert data["retrieval"]["MTCT 10%"] == prior["retrieval"]["MTCT 10%"]
+    with pytest.raises(ValueError, match="render_seed=2019.*2020"):
+        confirm.load_reuse(str(path), 3, 2020, 3400)
+
+
+def test_the_extension_report_keeps_the_core_verdicts_beside_its_own(
+        tmp_path):
+    data = _fake_data()
+    core = [c for c in data["family"]
+            if (c["a"], c["b"]) in confirm.family(confirm.CORE_FRACTIONS, (),
+                                                  jan=False)]
+    data["extension_family"] = data["family"]
+    data["family"] = core
+    data["invocations"] = [
+        {"command": "python -m mtct_tf.benchmark confirm", "minutes": 68.5,
+         "arms": ["MTCT 10%"]},
+        {"command": "python -m mtct_tf.benchmark confirm --extension "
+                    "--reuse docs/results/confirm.json", "minutes": 50.0,
+         "arms": ["JAN"]}]
+    path = confirm_report.write_report(data, str(tmp_path))
+    text = open(path).read()
+    assert "Holm-adjusted over the family of 8" in text
+    assert "### Extension family (Holm over 15)" in text
+    assert "--reuse docs/results/confirm.json`: 50.0 min, JAN" in text
+    summary = open(tmp_path / "RESULTS.md").read()
+    assert "Extension family (Holm over 15" in summary
+    assert "No-Adapt − JAN" in summary

@@ -222,11 +222,58 @@ class StreetValScore:
 # The run.
 
 
+def _compare(pairs, per_seed):
+    """Paired comparisons of ``pairs`` with Holm's correction across all of
+    them; a comparison whose arms did not run is kept (``"not run"``) and
+    counted in the family, so Holm stays over the family's full size."""
+    out = []
+    for a, b in pairs:
+        if a in per_seed and b in per_seed:
+            out.append(dict(paired(per_seed[a], per_seed[b]), a=a, b=b))
+        else:
+            out.append({"a": a, "b": b, "differences": [], "mean": None,
+                        "std": None, "interval": None, "p": None})
+    adjusted, rejected = holm([float("nan") if c.get("p") is None
+                               else c["p"] for c in out])
+    for c, p_adj, rej in zip(out, adjusted, rejected):
+        c["p_holm"] = p_adj
+        c["holm"] = ("not run" if c["mean"] is None else
+                     "not separated" if not rej else
+                     "better" if c["mean"] > 0 else "worse")
+    return out
+
+
+def load_reuse(path, seeds, render_seed, items):
+    """An earlier run's ``confirm.json`` whose arms are reused, not trained
+    again (its run directories may be gone: a new checkout keeps only the
+    committed results). Refused unless it ran the same seeds on the same
+    data."""
+    import json
+
+    with open(path) as f:
+        prior = json.load(f)
+    info = prior["info"]
+    for key, value in (("seeds", seeds), ("render_seed", render_seed),
+                       ("items", items)):
+        if info.get(key) != value:
+            raise ValueError(f"{path}: ran with {key}={info.get(key)}, this "
+                             f"run has {key}={value}; its arms cannot be "
+                             "reused")
+    return prior
+
+
 def run(seeds=SEEDS, workdir="runs/confirm", out_dir="docs", overrides=(),
         render_seed=RENDER_SEED, items=arms.DATA_ITEMS, command=None,
-        extension=False, log=print):
+        extension=False, reuse=None, only=None, log=print):
     """Runs the protocol's core arms (with ``extension``, every arm) over
     the seeds, reusing finished runs; writes the report.
+
+    Args:
+        reuse: path of an earlier run's ``confirm.json``; its arms (every
+            seed finished) are taken from it, not trained, and so are the
+            rule's weights (measured once, on seed 0).
+        only: method names (``"End-to-end"``, ``"JAN"``, ...): train only
+            their arms; the family's other comparisons read "not run".
 
     Returns:
         The report's data (also ``<out_dir>/results/confirm.json``).
@@ -234,7 +281,12 @@ def run(seeds=SEEDS, workdir="runs/confirm", out_dir="docs", overrides=(),
     from mtct_tf.data import pipeline
 
     start = time.time()
+    command = command or "python -m mtct_tf.benchmark confirm"
     overrides = [*BUDGET, *overrides]
+    prior = (load_reuse(reuse, seeds, render_seed, items) if reuse
+             else None)
+    reused = {name for name, v in (prior or {}).get("per_seed", {}).items()
+              if len(v) == seeds}
     shards = arms.prepare_data(workdir, items, render_seed)
     schema = pipeline.load_schema(shards)
     config = arms.config_of("mtct", shards, 0, 1.0, overrides)
@@ -246,18 +298,33 @@ def run(seeds=SEEDS, workdir="runs/confirm", out_dir="docs", overrides=(),
                            config.data.margin)
     per, seconds, trained = {}, {}, 0
 
+    def wanted(name):
+        return name not in reused and (
+            not only or name == "No-Adapt" and "No-Adapt" in only
+            or any(name == m or name.startswith(m + " ") for m in only))
+
     def go(seed, name, arm):
         nonlocal trained
         curve = name.split(" ")[0] in CURVE_METHODS or name == "No-Adapt"
         r = arms.timed_run(arm, shards, seed, seed_dir(seed), overrides,
                            callbacks=[score] if curve else ())
+        if prior is not None and abs(100 * r["chance_mAP_cls"]
+                                     - prior["info"]["chance"]) > 1e-6:
+            raise ValueError(
+                f"{workdir}: the street test labels differ from those of "
+                f"{reuse} (chance mAP_cls {100 * r['chance_mAP_cls']:.6f} "
+                f"against {prior['info']['chance']:.6f}): not the same data")
         trained += r.pop("trained")
         per.setdefault(name, []).append(r)
         seconds[name] = seconds.get(name, 0.0) + r["seconds"]
 
-    # The rule's weights need seed 0's shop model: No-Adapt trains it.
-    go(0, "No-Adapt", arms.no_adapt())
-    w, measured = weights(shards, seed_dir(0), overrides)
+    if prior is not None:
+        w = prior["info"]["weights"]
+        measured = prior["info"]["weight_measurements"]
+    else:
+        # The rule's weights need seed 0's shop model: No-Adapt trains it.
+        go(0, "No-Adapt", arms.no_adapt())
+        w, measured = weights(shards, seed_dir(0), overrides)
     log(f"[confirm] weights by the rule: {w}")
     fractions = FRACTIONS if extension else CORE_FRACTIONS
     scope = dict(fractions=fractions, jan=extension,
@@ -266,25 +333,63 @@ def run(seeds=SEEDS, workdir="runs/confirm", out_dir="docs", overrides=(),
     for f in fractions:
         matched[f], matched_info[f] = matched_steps(shards, overrides, f)
     log(f"[confirm] budget-matched street steps: {matched}")
+    todo = [(name, arm) for name, arm in plan(w, matched, **scope)
+            if wanted(name)]
+    log(f"[confirm] reused: {sorted(reused)}; to train: "
+        f"{[name for name, _ in todo]}")
     for seed in range(seeds):
-        for name, arm in plan(w, matched, **scope):
-            if seed == 0 and name == "No-Adapt":
+        for name, arm in todo:
+            if seed == 0 and name == "No-Adapt" and prior is None:
                 continue
             go(seed, name, arm)
         log(f"[confirm] seed {seed} done after "
             f"{(time.time() - start) / 60:.1f} min")
 
-    comparisons = []
-    for a, b in family(**scope):
-        values = [[100 * r["mAP_cls"] for r in per[x]] for x in (a, b)]
-        comparisons.append(dict(paired(*values), a=a, b=b))
-    adjusted, rejected = holm([c.get("p", float("nan"))
-                               for c in comparisons])
-    for c, p_adj, rej in zip(comparisons, adjusted, rejected):
-        c["p_holm"] = p_adj
-        c["holm"] = ("not separated" if not rej else
-                     "better" if c["mean"] > 0 else "worse")
     minutes = (time.time() - start) / 60
+    data = _assemble(per, prior, reused, seeds)
+    data["family"] = _compare(
+        family(CORE_FRACTIONS, (), jan=False), data["per_seed"])
+    if extension:
+        data["extension_family"] = _compare(family(**scope),
+                                            data["per_seed"])
+    invocations = (prior or {}).get("invocations") or (
+        [{"command": prior["info"]["command"],
+          "minutes": prior["info"]["minutes"],
+          "arms": sorted(prior["per_seed"])}] if prior else [])
+    invocations.append({"command": command, "minutes": minutes,
+                        "arms": sorted(per), "trained_runs": trained})
+    data["invocations"] = invocations
+    chance = (prior["info"]["chance"] if prior is not None else 100 * float(
+        np.mean([r["chance_mAP_cls"] for r in per["No-Adapt"]])))
+    data["info"] = {
+        "command": command, "minutes": minutes, "trained_runs": trained,
+        "reused_from": reuse,
+        "seeds": seeds, "render_seed": render_seed, "items": items,
+        "fractions": list(fractions), "extension": extension,
+        "render": arms.render_settings(workdir),
+        "weights": w, "weight_measurements": measured,
+        "matched_steps": {f"{f:g}": s for f, s in matched.items()},
+        "matched_info": {f"{f:g}": v for f, v in matched_info.items()},
+        "seconds": {**((prior or {}).get("info", {}).get("seconds", {})),
+                    **seconds},
+        "machine": f"{platform.processor() or platform.machine()}, "
+                   f"{os.cpu_count()} CPUs",
+        "street_test_images": (prior["info"]["street_test_images"]
+                               if prior is not None else
+                               per["No-Adapt"][0]["num_images"]),
+        "chance": chance,
+        "budget": _budget_text(config),
+    }
+    data["curves"] = {**(prior or {}).get("curves", {}),
+                      **curves(workdir, seeds)}
+    path = confirm_report.write_report(data, out_dir)
+    log(f"[confirm] wrote {path} ({minutes:.1f} min)")
+    return data
+
+
+def _assemble(per, prior, reused, seeds):
+    """Per-arm summaries, per-seed mAP_cls and retrieval of the arms trained
+    now (``per``) and of those reused from ``prior``."""
     data = {
         "summary": {name: summarize(r) for name, r in per.items()},
         "per_seed": {name: [100 * x["mAP_cls"] for x in r]
@@ -293,28 +398,13 @@ def run(seeds=SEEDS, workdir="runs/confirm", out_dir="docs", overrides=(),
                              for key in ("retrieval",
                                          "retrieval_shop_gallery")}
                       for name, r in per.items()},
-        "family": comparisons,
-        "info": {
-            "command": command or "python -m mtct_tf.benchmark confirm",
-            "minutes": minutes, "trained_runs": trained,
-            "seeds": seeds, "render_seed": render_seed, "items": items,
-            "fractions": list(fractions), "extension": extension,
-            "render": arms.render_settings(workdir),
-            "weights": w, "weight_measurements": measured,
-            "matched_steps": {f"{f:g}": s for f, s in matched.items()},
-            "matched_info": {f"{f:g}": v for f, v in matched_info.items()},
-            "seconds": seconds,
-            "machine": f"{platform.processor() or platform.machine()}, "
-                       f"{os.cpu_count()} CPUs",
-            "street_test_images": per["No-Adapt"][0]["num_images"],
-            "chance": 100 * float(np.mean(
-                [r["chance_mAP_cls"] for r in per["No-Adapt"]])),
-            "budget": _budget_text(config),
-        },
-        "curves": curves(workdir, seeds),
     }
-    path = confirm_report.write_report(data, out_dir)
-    log(f"[confirm] wrote {path} ({minutes:.1f} min)")
+    for name in reused:
+        if name in per:
+            continue
+        for key in data:
+            if name in prior.get(key, {}):
+                data[key][name] = prior[key][name]
     return data
 
 
@@ -408,6 +498,15 @@ def add_arguments(parser):
     parser.add_argument("--extension", action="store_true",
                         help="also the 25%% fraction, end-to-end and JAN "
                              "(docs/PROTOCOL_2.md's extension run)")
+    parser.add_argument(
+        "--reuse", default=None, metavar="CONFIRM_JSON",
+        help="an earlier run's results/confirm.json: its arms and the "
+             "rule's weights are taken from it, not trained again (e.g. "
+             "the committed core run, when its run directories are gone)")
+    parser.add_argument(
+        "--only", default=None, metavar="METHODS",
+        help="comma-separated methods (e.g. End-to-end,JAN): train only "
+             "their arms now; comparisons without their arms read 'not run'")
     parser.add_argument("--override", action="append", default=[],
                         metavar="KEY=VALUE",
                         help="applied to every arm alike (trials only: the "
@@ -421,7 +520,9 @@ def add_arguments(parser):
             shlex.quote(a) for a in sys.argv[1:])
         run(seeds=args.seeds, workdir=args.workdir, out_dir=args.out,
             overrides=args.override, render_seed=args.render_seed,
-            items=args.items, command=command, extension=args.extension)
+            items=args.items, command=command, extension=args.extension,
+            reuse=args.reuse,
+            only=tuple(args.only.split(",")) if args.only else None)
         return 0
 
     parser.set_defaults(func=func)

@@ -17,7 +17,8 @@ from mtct_tf import fileio
 
 HOLM_TEXT = {"better": "**first better (separated)**",
              "worse": "**first worse (separated)**",
-             "not separated": "**not separated**"}
+             "not separated": "**not separated**",
+             "not run": "not run (counted in Holm's family)"}
 FIGURE = "confirm_curves.png"
 SECTION = "protocol-2"  # Its summary's section of docs/RESULTS.md.
 
@@ -38,7 +39,8 @@ def family_table(comparisons):
         holm = ("-" if c.get("p_holm") is None or np.isnan(c["p_holm"])
                 else f"{c['p_holm']:.4f}")
         std = "" if c["std"] is None else f" ± {c['std']:.2f}"
-        lines.append(f"| {c['a']} − {c['b']} | {c['mean']:+.2f}{std} | "
+        mean = "-" if c["mean"] is None else f"{c['mean']:+.2f}"
+        lines.append(f"| {c['a']} − {c['b']} | {mean}{std} | "
                      f"{interval} | {p} | {holm} | {HOLM_TEXT[c['holm']]} |")
     return "\n".join(lines)
 
@@ -102,6 +104,50 @@ def curves_figure(curves, path):
     return fileio.save_figure(fig, path)
 
 
+def _count(comparisons):
+    return sum(c["holm"] in ("better", "worse") for c in comparisons)
+
+
+def _invocations(data):
+    """Which invocation trained which arms (a run reusing an earlier one's
+    results lists both)."""
+    runs = data.get("invocations", [])
+    if len(runs) < 2:
+        return []
+    return ["Invocations whose arms this report holds:", ""] + [
+        f"- `{r['command']}`: {r['minutes']:.1f} min, "
+        + (", ".join(r["arms"]) if r["arms"] else "no arm trained")
+        for r in runs] + [""]
+
+
+def _extension_summary(extension, core):
+    core_pairs = {(c["a"], c["b"]) for c in core}
+    rest = "; ".join(
+        f"{c['a']} − {c['b']}: " + (
+            "not run" if c["mean"] is None else
+            f"{c['mean']:+.2f} → {HOLM_TEXT[c['holm']]}")
+        for c in extension if (c["a"], c["b"]) not in core_pairs)
+    return (f"Extension family (Holm over {len(extension)}, a stricter "
+            f"reading): {_count(extension)} separated. Beyond the core: "
+            f"{rest}.")
+
+
+def _extension_section(comparisons):
+    return [
+        f"### Extension family (Holm over {len(comparisons)})",
+        "",
+        "The stricter reading of docs/PROTOCOL_2.md: the core's 8 "
+        "comparisons plus MTCT − UD, MTCT − FTT matched, MTCT matched − UD "
+        "and MTCT − DDAN at 25%, MTCT − end-to-end at 10% and 100%, and "
+        "No-Adapt − JAN (MTN − JAN). The core's verdicts above are the "
+        f"core family's; {_count(comparisons)} of {len(comparisons)} are "
+        "separated here.",
+        "",
+        family_table(comparisons),
+        "",
+    ]
+
+
 def write_report(data, out_dir):
     """Writes RESULTS_2.md, results/confirm.json, the figure and the
     summary section of RESULTS.md; returns the report's path."""
@@ -111,7 +157,8 @@ def write_report(data, out_dir):
                       json.dumps(data, indent=1, default=float))
     curves_figure(data["curves"], os.path.join(out_dir, "images", FIGURE))
     comparisons = data["family"]
-    separated = [c for c in comparisons if c["holm"] != "not separated"]
+    separated = [c for c in comparisons if c["holm"] in ("better", "worse")]
+    extension = data.get("extension_family")
     lines = [
         "# Results of the second protocol: MTCT against UD, end-to-end, "
         "budget-matched arms, DDAN and JAN",
@@ -125,6 +172,7 @@ def write_report(data, out_dir):
         f"({info['street_test_images']} photos, annotated boxes); chance "
         f"mAP_cls {info['chance']:.2f}. Budget: {info['budget']}.",
         "",
+    ] + _invocations(data) + [
         "## Verdicts (Holm-adjusted over the family of "
         f"{len(comparisons)})",
         "",
@@ -133,6 +181,7 @@ def write_report(data, out_dir):
         "",
         family_table(comparisons),
         "",
+    ] + (_extension_section(extension) if extension else []) + [
         "## Every arm (street test mAP_cls, mean ± std over seeds)",
         "",
         arms_table(data["summary"], info["fractions"]),
@@ -183,7 +232,9 @@ def write_report(data, out_dir):
          f" (Holm p {c['p_holm']:.3f})" if c.get("p_holm") is not None
          and not np.isnan(c["p_holm"]) else
          f"- {c['a']} − {c['b']}: {c['mean']:+.2f} → not separated"
-         for c in comparisons] + [
+         for c in comparisons] + ([
+        "", _extension_summary(extension, comparisons),
+    ] if extension else []) + [
         "",
         "The first protocol's results (render seeds 2017 and 2018) follow "
         "unchanged.",
