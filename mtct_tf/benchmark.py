@@ -15,6 +15,9 @@ Commands (one library module each; this file only dispatches):
                MTCT against UD, end-to-end, budget-matched arms, DDAN and
                JAN, Holm-adjusted; writes docs/RESULTS_2.md
                (``mtct_tf.benchmarks.confirm``).
+    gallery    which network embeds the shop gallery: retrieval with the
+               street network's and the shop stage's gallery on an
+               ablation's runs (``mtct_tf.benchmarks.gallery``).
     real       real photos (clothing-dataset-small) from scratch: test
                top-1, mAP_cls, per-class AP over seeds; writes
                docs/RESULTS_REAL.md; --compare chooses the model on
@@ -45,6 +48,8 @@ COMMANDS = {
                   "ScaNN vs exact street-to-shop search: recall, queries/s"),
     "confirm": ("mtct_tf.benchmarks.confirm",
                 "second protocol: MTCT vs UD, end-to-end, DDAN, JAN (Holm)"),
+    "gallery": ("mtct_tf.benchmarks.gallery",
+                "retrieval diagnosis: street-net vs shop-net gallery"),
     "real": ("mtct_tf.benchmarks.real",
              "real photos from scratch: test top-1 / mAP_cls over seeds"),
 }

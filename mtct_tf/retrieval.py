@@ -304,8 +304,9 @@ def load_embedder(model, *, stage=None, margin=None):
     net, _, run_margin = runs.load_model_and_schema(model, stage=stage)
     if margin is None and run_margin is not None:
         default = run_margin
+    source = os.fspath(model) + (f"@{stage}" if stage else "")
     return Embedder(lambda x: net.predict_on_batch(x)["embedding"],
-                    net.image_size, default, os.fspath(model), keep=net)
+                    net.image_size, default, source, keep=net)
 
 
 def embed_shards(embedder, shards_dir, split, domain, *, batch_size=64,
@@ -356,7 +357,10 @@ def format_result(result):
     return "\n".join([
         f"Street-to-shop retrieval: {result['num_queries']} street queries, "
         f"{result['num_gallery']} shop images of "
-        f"{result['num_gallery_items']} items ({result['method']} search)",
+        f"{result['num_gallery_items']} items ({result['method']} search)"
+        + (f"; gallery embedded by {result['gallery_model']}"
+           if result.get("gallery_model", result.get("query_model"))
+           != result.get("query_model") else ""),
         "",
         "| " + " | ".join(f"top-{k}" for k in acc) + " |",
         "|" + "---|" * len(acc),
@@ -387,7 +391,8 @@ def evaluate_retrieval(embedder, shards_dir, *, split="test",
 
     Returns:
         ``{"topk_accuracy": {k: fraction}, "num_queries", "num_gallery",
-        "num_gallery_items", "method"}``.
+        "num_gallery_items", "method", "query_model", "gallery_model"}``
+        (the two embedders' ``source``).
     """
     gallery = embed_shards(gallery_embedder or embedder, shards_dir, split,
                            "shop", progress=progress)
@@ -401,6 +406,8 @@ def evaluate_retrieval(embedder, shards_dir, *, split="test",
                                        ks),
         "num_queries": len(queries), "num_gallery": len(gallery),
         "num_gallery_items": int(len(set(gallery.items))), "method": method,
+        "query_model": embedder.source,
+        "gallery_model": (gallery_embedder or embedder).source,
     }
 
 

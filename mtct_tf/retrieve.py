@@ -5,14 +5,17 @@
     python -m mtct_tf.retrieve query --model M --gallery gallery.npz \
         photo.jpg [--detector DET] [--top_k 5] [--out strip.png]
     python -m mtct_tf.retrieve evaluate --model M --shards D [--split test] \
-        [--street_shards CROPS]
+        [--street_shards CROPS] [--gallery_stage shop]
 
 ``M`` is a training run directory, a ``.keras`` file or a SavedModel (a
 version directory or a TF Serving model directory). ``evaluate`` follows the
 consumer-to-shop protocol: the split's street images query its shop images,
 a hit is a shop image of the query's item; it prints top-1/5/10/20 accuracy
 and writes ``retrieval_<split>.json`` beside the model's other evaluation
-reports when ``M`` is a run directory. See ``mtct_tf.retrieval``.
+reports when ``M`` is a run directory. The gallery is embedded by ``M``
+unless ``--gallery_stage`` (``index --stage``) names another stage of the
+run: docs/RESULTS_2.md measures which network should embed it. See
+``mtct_tf.retrieval``.
 """
 
 import argparse
@@ -58,6 +61,11 @@ def _parser():
     evaluate.add_argument("--split", default="test")
     evaluate.add_argument("--method", choices=("exact", "scann"),
                           default="exact")
+    evaluate.add_argument(
+        "--gallery_stage",
+        help="embed the gallery with this stage of the run directory (e.g. "
+             "shop: the network MTCT's cross-domain loss aligned the street "
+             "embeddings with); default: the queries' model")
     return p
 
 
@@ -98,9 +106,13 @@ def main(argv=None):
             print(f"wrote {args.out}")
         return 0
     embedder = retrieval.load_embedder(args.model, stage=args.stage)
+    gallery_embedder = (
+        retrieval.load_embedder(args.model, stage=args.gallery_stage)
+        if args.gallery_stage else None)
     result = retrieval.evaluate_retrieval(
         embedder, args.shards, split=args.split,
-        street_shards_dir=args.street_shards, method=args.method)
+        street_shards_dir=args.street_shards, method=args.method,
+        gallery_embedder=gallery_embedder)
     print(retrieval.format_result(result))
     if os.path.isfile(os.path.join(args.model, "config.yaml")):
         out = os.path.join(args.model, "eval", f"retrieval_{args.split}.json")

@@ -215,3 +215,33 @@ def test_a_section_after_the_title_stays_there_when_regenerated(tmp_path):
         "# Results v2\n\n<!-- begin summary -->\n## Summary\n\ns1\n"
         "<!-- end summary -->\n\nnew intro")
     assert regenerated.rstrip().endswith("<!-- end late -->")
+
+
+def test_cli_evaluate_embeds_the_gallery_with_another_stage(
+        tiny_shards, tmp_path, capsys):
+    from mtct_tf import configs, evaluation, training
+
+    _, shards, _ = tiny_shards
+    config = configs.build("smoke", None, [
+        "method=ftt", f"data.shards_dir={shards}",
+        f"data.street_shards_dir={shards}", "model.preset=tiny",
+        "data.image_size=16", "data.batch_size=2", "data.shuffle_buffer=4",
+        "shop.epochs=1", "shop.steps_per_epoch=1", "shop.validation_steps=1",
+        "street.epochs=1", "street.steps_per_epoch=1",
+        "street.validation_steps=1"])
+    run = str(tmp_path / "run")
+    training.run(config, run, verbose=0)
+    want = evaluation.evaluate(run, split="train")
+    for stage, key in ((None, "retrieval"),
+                       ("shop", "retrieval_shop_gallery")):
+        args = ["evaluate", "--model", run, "--shards", shards,
+                "--split", "train"]
+        assert retrieve.main(args + (["--gallery_stage", stage]
+                                     if stage else [])) == 0
+        capsys.readouterr()
+        got = json.load(open(os.path.join(run, "eval",
+                                          "retrieval_train.json")))
+        assert got["topk_accuracy"] == pytest.approx(
+            want[key]["topk_accuracy"]), stage
+        assert got["query_model"] == run
+        assert got["gallery_model"] == (f"{run}@shop" if stage else run)

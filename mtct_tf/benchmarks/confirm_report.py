@@ -148,6 +148,58 @@ def _extension_section(comparisons):
     ]
 
 
+def _load_gallery(out_dir):
+    path = os.path.join(out_dir, "results", "gallery.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def _ms_list(values):
+    sd = np.std(values, ddof=1) if len(values) > 1 else 0.0
+    return f"{np.mean(values):.2f} ± {sd:.2f}"
+
+
+def gallery_section(g):
+    """The retrieval diagnosis (``benchmarks.gallery``) as Markdown."""
+    lines = [
+        f"## Retrieval diagnosis: which network embeds the gallery "
+        f"(render seed {g['render_seed']}, the first protocol's runs)",
+        "",
+        "Street-to-shop top-10 (%), mean ± std over seeds, the gallery "
+        "embedded by the street network (what retrieval used) or by the "
+        "shop stage's network f_s (which the t-STE pulls street embeddings "
+        "towards). Validation chooses; test reports "
+        "(`python -m mtct_tf.benchmark gallery`).",
+        "",
+        "| mode | labels | method | val, street-net gallery | val, "
+        "shop-net gallery | test, street-net gallery | test, shop-net "
+        "gallery |",
+        "|---|---|---|---|---|---|---|"]
+    for c in sorted(g["cells"], key=lambda c: (c["mode"], c["fraction"],
+                                               c["method"])):
+        lines.append(
+            f"| {c['mode']} | {100 * c['fraction']:g}% | {c['method']} | "
+            + " | ".join(_ms_list(c[split][gal]) for split in ("val", "test")
+                         for gal in ("street", "shop")) + " |")
+    lines += ["", "MTCT − FTT, test top-10 per seed:", ""]
+    for d in g["diagnosis"]:
+        per = {k: ", ".join(f"{v:+.1f}" for v in vals)
+               for k, vals in d["mtct_minus_ftt"].items()}
+        lines.append(
+            f"- {d['mode']}, {100 * d['fraction']:g}%: street-net gallery "
+            f"{per['street']}; shop-net gallery {per['shop']} → lead "
+            + ("**confirmed** (higher with the shop-net gallery on every "
+               "seed)" if d["lead_confirmed"] else "**not confirmed**"))
+    lines += ["", "Gallery network chosen on validation top-10 (mean over "
+              "fractions and seeds): " + "; ".join(
+                  f"{k}: **{v['gallery']}** network ({v['val_top10']['street']:.1f}"
+                  f" street-net vs {v['val_top10']['shop']:.1f} shop-net)"
+                  for k, v in g["choice"].items()) + ".", ""]
+    return lines
+
+
 def write_report(data, out_dir):
     """Writes RESULTS_2.md, results/confirm.json, the figure and the
     summary section of RESULTS.md; returns the report's path."""
@@ -159,6 +211,7 @@ def write_report(data, out_dir):
     comparisons = data["family"]
     separated = [c for c in comparisons if c["holm"] in ("better", "worse")]
     extension = data.get("extension_family")
+    gallery = _load_gallery(out_dir)
     lines = [
         "# Results of the second protocol: MTCT against UD, end-to-end, "
         "budget-matched arms, DDAN and JAN",
@@ -205,6 +258,7 @@ def write_report(data, out_dir):
         "",
         retrieval_table(data),
         "",
+    ] + (gallery_section(gallery) if gallery else []) + [
         "## End-to-end vs. curriculum",
         "",
         f"![street validation mAP_cls while training](images/{FIGURE})",
@@ -234,7 +288,16 @@ def write_report(data, out_dir):
          f"- {c['a']} − {c['b']}: {c['mean']:+.2f} → not separated"
          for c in comparisons] + ([
         "", _extension_summary(extension, comparisons),
-    ] if extension else []) + [
+    ] if extension else []) + ([
+        "", "Retrieval diagnosis (`fc` mode's drop, render seed "
+        f"{gallery['render_seed']}): " + "; ".join(
+            f"{d['mode']} {100 * d['fraction']:g}%: MTCT − FTT top-10 "
+            f"{np.mean(d['mtct_minus_ftt']['street']):+.1f} with the "
+            f"street-net gallery, {np.mean(d['mtct_minus_ftt']['shop']):+.1f}"
+            " with the shop-net gallery"
+            + (" (lead confirmed)" if d["lead_confirmed"] else "")
+            for d in gallery["diagnosis"]) + ". See RESULTS_2.md.",
+    ] if gallery else []) + [
         "",
         "The first protocol's results (render seeds 2017 and 2018) follow "
         "unchanged.",
