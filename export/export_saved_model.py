@@ -13,8 +13,9 @@ it). The SavedModel goes to ``<export_dir>/<model_name>/<version>/``
 Faster R-CNN SavedModel (``python -m mtct_tf.detect export``) into the graph
 so that ``serving_default`` takes whole street photos. ``--margin``
 (default: the run's ``data.margin``, else 0.1) is the context kept around a
-detector box. ``--gallery`` (from ``python -m mtct_tf.retrieve index``
-with the same model) bakes a shop gallery into the graph: both signatures
+detector box. ``--gallery`` (from ``python -m mtct_tf.retrieve index`` on
+the same run: for MTCT embedded by its shop stage, see export/README.md)
+bakes a shop gallery into the graph: both signatures
 then also return the top-k gallery items of each photo. Prints a JSON
 summary. See export/README.md.
 """
@@ -43,8 +44,9 @@ def main(argv=None):
                    help="context around a detector box (fraction per side)")
     p.add_argument("--keras_out", help="also write a .keras file here")
     p.add_argument("--gallery", metavar="GALLERY_NPZ",
-                   help="a gallery embedded by this model (`python -m "
-                        "mtct_tf.retrieve index`) to search in the graph")
+                   help="a gallery of this run (`python -m mtct_tf.retrieve "
+                        "index --model RUN`; for MTCT embedded by its shop "
+                        "stage) to search in the graph")
     p.add_argument("--top_k", type=int, default=10,
                    help="gallery neighbours returned (with --gallery)")
     args = p.parse_args(argv)

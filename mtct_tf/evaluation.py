@@ -260,8 +260,10 @@ def write_report(results, out_prefix, title, schema=None):
     if results.get("retrieval"):
         extra += "\n" + retrieval.format_result(results["retrieval"]) + "\n"
     if results.get("retrieval_shop_gallery"):
+        default = (" (this run's default gallery, `retrieval.gallery_stage`)"
+                   if results.get("gallery_stage") == "shop" else "")
         extra += ("\nThe same queries, the gallery embedded by the shop "
-                  "stage's network:\n\n" + retrieval.format_result(
+                  f"stage's network{default}:\n\n" + retrieval.format_result(
                       results["retrieval_shop_gallery"]) + "\n")
     if schema is not None and results.get("spread"):
         extra += ("\nPrediction spread (top-1 over labelled images):\n\n"
@@ -365,6 +367,8 @@ def evaluate(model_dir, *, split="test", domain="street", stage=None,
             results["retrieval_shop_gallery"] = _street_to_shop(
                 net, config, shards_dir, split, crop_to_bbox=crop,
                 gallery_net=shop_net)
+            # Which of the two a user's ``retrieve index`` builds.
+            results["gallery_stage"] = retrieval.gallery_stage(config)
     results["box_source"] = box_source or "training's"
     boxes = f", {BOX_SOURCE_NAMES[box_source]}" if box_source else ""
     title = (f"{config.method} ({stage} model) on {domain} {split}{boxes} "

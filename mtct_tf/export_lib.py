@@ -41,7 +41,8 @@ street-to-shop top-k against it, by exact cosine search inside the graph:
 ``retrieved_items`` and ``retrieved_ids`` (string [B, k]) and
 ``retrieved_scores`` (float32 [B, k], best first). The gallery's
 embeddings are a variable of the SavedModel (restored like the weights);
-the gallery must come from the same model, which its ``info`` records.
+the gallery must come from the same run (for MTCT, embedded by its shop
+stage: ``retrieval.gallery_stage``), which its ``info`` records.
 
 Every output has the batch as its first dimension, as TF Serving's request
 batching requires. The SavedModel loads both ways: through the MetaGraph
@@ -116,7 +117,8 @@ class ServingModule(tf.Module):
         detector: ``None``, or a detector SavedModel path.
         min_score: lowest detection score accepted.
         class_id: the detection class of garments (``None``: any class).
-        gallery: ``None``, or a ``retrieval.Gallery`` embedded by ``net``:
+        gallery: ``None``, or a ``retrieval.Gallery`` of ``net``'s run
+            (embedded by ``net`` or, for MTCT, by its shop stage):
             the signatures also return the ``top_k`` nearest gallery images.
         top_k: gallery neighbours returned (at most the gallery's size).
     """

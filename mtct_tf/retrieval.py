@@ -56,6 +56,27 @@ def normalize(x):
         keras.ops.normalize(x, axis=-1, epsilon=_EPSILON))
 
 
+# Which network embeds a run's shop gallery (docs/RESULTS_2.md, retrieval
+# diagnosis; chosen on validation retrieval): for MTCT, whose cross-domain
+# loss pulls the street network's f_t(street) towards the shop stage's
+# f_s(shop), the shop stage's network in these fine-tuning modes; for every
+# other run (FTT, UD, end-to-end, CORAL, which aligns f_t with itself) its
+# own final network.
+SHOP_GALLERY_MODES = ("fc", "all")
+
+
+def gallery_stage(config):
+    """The stage of a run whose network embeds its shop gallery (see
+    ``SHOP_GALLERY_MODES``); the queries are always the final stage's."""
+    from mtct_tf import stages
+
+    if (config.method == "mtct"
+            and config.street.cross_domain.kind != "coral"
+            and config.street.finetune in SHOP_GALLERY_MODES):
+        return "shop"
+    return stages.final_stage(config.method)
+
+
 @dataclasses.dataclass
 class Gallery:
     """Embedded images: ``embeddings`` [N, D] with unit rows, and their ids.

@@ -12,9 +12,11 @@ version directory or a TF Serving model directory). ``evaluate`` follows the
 consumer-to-shop protocol: the split's street images query its shop images,
 a hit is a shop image of the query's item; it prints top-1/5/10/20 accuracy
 and writes ``retrieval_<split>.json`` beside the model's other evaluation
-reports when ``M`` is a run directory. The gallery is embedded by ``M``
-unless ``--gallery_stage`` (``index --stage``) names another stage of the
-run: docs/RESULTS_2.md measures which network should embed it. See
+reports when ``M`` is a run directory. For a run directory the gallery is
+embedded by ``retrieval.gallery_stage``: the shop stage's network for MTCT
+(the network its cross-domain loss pulled the street embeddings towards;
+chosen on validation retrieval, docs/RESULTS_2.md), else the final one;
+``index --stage`` and ``evaluate --gallery_stage`` choose another. See
 ``mtct_tf.retrieval``.
 """
 
@@ -63,16 +65,37 @@ def _parser():
                           default="exact")
     evaluate.add_argument(
         "--gallery_stage",
-        help="embed the gallery with this stage of the run directory (e.g. "
-             "shop: the network MTCT's cross-domain loss aligned the street "
-             "embeddings with); default: the queries' model")
+        help="embed the gallery with this stage of the run directory; "
+             "default: the shop stage for MTCT runs (the network their "
+             "cross-domain loss aligned the street embeddings with), else "
+             "the queries' model (docs/RESULTS_2.md)")
     return p
+
+
+def _gallery_stage(model):
+    """A run directory's gallery stage (``retrieval.gallery_stage``), said
+    aloud, when it is not the final one; else ``None`` (the model's own
+    network, as for a model file)."""
+    if not os.path.isfile(os.path.join(model, "config.yaml")):
+        return None
+    from mtct_tf import runs, stages
+
+    config = runs.load_config(model)
+    stage = retrieval.gallery_stage(config)
+    if stage == stages.final_stage(config.method):
+        return None
+    print(f"gallery embedded by the {stage} stage's network of {model} (the "
+          "one its cross-domain loss aligned the street embeddings with; "
+          "docs/RESULTS_2.md); --stage / --gallery_stage choose another",
+          file=sys.stderr)
+    return stage
 
 
 def main(argv=None):
     args = _parser().parse_args(argv)
     if args.mode == "index":
-        embedder = retrieval.load_embedder(args.model, stage=args.stage)
+        stage = args.stage or _gallery_stage(args.model)
+        embedder = retrieval.load_embedder(args.model, stage=stage)
         gallery = retrieval.embed_shards(embedder, args.shards, args.split,
                                          args.domain)
         gallery.save(args.out)
@@ -106,9 +129,11 @@ def main(argv=None):
             print(f"wrote {args.out}")
         return 0
     embedder = retrieval.load_embedder(args.model, stage=args.stage)
+    gallery_stage = args.gallery_stage or (
+        None if args.stage else _gallery_stage(args.model))
     gallery_embedder = (
-        retrieval.load_embedder(args.model, stage=args.gallery_stage)
-        if args.gallery_stage else None)
+        retrieval.load_embedder(args.model, stage=gallery_stage)
+        if gallery_stage else None)
     result = retrieval.evaluate_retrieval(
         embedder, args.shards, split=args.split,
         street_shards_dir=args.street_shards, method=args.method,

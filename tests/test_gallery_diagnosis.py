@@ -47,6 +47,8 @@ def test_diagnosis_and_choice(workdir, tmp_path):
     assert fc["mtct_minus_ftt"]["street"] == pytest.approx([-5.0] * 3)
     assert fc["mtct_minus_ftt"]["shop"] == pytest.approx([20.0] * 3)
     assert fc["lead_confirmed"]
+    # Each with its chosen gallery: MTCT's shop-net 60 - FTT's street-net 50.
+    assert fc["mtct_minus_ftt"]["chosen"] == pytest.approx([10.0] * 3)
     # all: +2 vs +18 -> also higher with the shop-net gallery.
     assert cells[("all", 1.0)]["lead_confirmed"]
     assert data["choice"]["MTCT fc"]["gallery"] == "shop"

@@ -245,3 +245,18 @@ def test_cli_evaluate_embeds_the_gallery_with_another_stage(
             want[key]["topk_accuracy"]), stage
         assert got["query_model"] == run
         assert got["gallery_model"] == (f"{run}@shop" if stage else run)
+
+
+@pytest.mark.parametrize("overrides, stage", [
+    (["method=mtct"], "shop"),
+    (["method=mtct", "street.finetune=all"], "shop"),
+    (["method=mtct", "street.cross_domain.kind=coral"], "street"),
+    (["method=ftt"], "street"),
+    (["method=ud"], "united"),
+    (["method=no_adapt"], "shop"),
+])
+def test_which_network_embeds_a_runs_gallery(overrides, stage):
+    from mtct_tf import configs
+
+    config = configs.build("smoke", None, overrides)
+    assert retrieval.gallery_stage(config) == stage

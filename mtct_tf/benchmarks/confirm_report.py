@@ -191,7 +191,9 @@ def gallery_section(g):
             f"- {d['mode']}, {100 * d['fraction']:g}%: street-net gallery "
             f"{per['street']}; shop-net gallery {per['shop']} → lead "
             + ("**confirmed** (higher with the shop-net gallery on every "
-               "seed)" if d["lead_confirmed"] else "**not confirmed**"))
+               "seed)" if d["lead_confirmed"] else "**not confirmed**")
+            + (f"; each with its chosen gallery {per['chosen']}"
+               if "chosen" in per else ""))
     lines += ["", "Gallery network chosen on validation top-10 (mean over "
               "fractions and seeds): " + "; ".join(
                   f"{k}: **{v['gallery']}** network ({v['val_top10']['street']:.1f}"

@@ -93,10 +93,11 @@ def _by_method_mode(table):
     return groups
 
 
-def diagnose(table):
+def diagnose(table, choice=None):
     """Per (mode, fraction): MTCT - FTT test top-10 per seed with each
-    gallery, and whether the shop-network gallery raises it on every seed
-    (the lead)."""
+    gallery, whether the shop-network gallery raises it on every seed (the
+    lead), and with ``choice`` (``choose``'s) MTCT - FTT with each method's
+    chosen gallery (``"chosen"``: what a user of the defaults gets)."""
     cells = {(c["method"], c["mode"], c["fraction"]): c for c in table}
     out = []
     for (method, mode, fraction), mtct in sorted(cells.items()):
@@ -107,10 +108,17 @@ def diagnose(table):
         diff = {g: [mtct["test"][g][mtct["seeds"].index(s)]
                     - ftt["test"][g][ftt["seeds"].index(s)] for s in seeds]
                 for g in GALLERIES}
+        if choice:
+            g_m = choice[f"MTCT {mode}"]["gallery"]
+            g_f = choice[f"FTT {mode}"]["gallery"]
+            diff["chosen"] = [
+                mtct["test"][g_m][mtct["seeds"].index(s)]
+                - ftt["test"][g_f][ftt["seeds"].index(s)] for s in seeds]
         out.append({"mode": mode, "fraction": fraction, "seeds": seeds,
                     "mtct_minus_ftt": diff,
                     "lead_confirmed": bool(seeds) and all(
                         a > b for a, b in zip(diff["shop"], diff["street"]))})
+
     return out
 
 
@@ -141,9 +149,10 @@ def run(workdir, out_dir="docs", log=print):
     table = list(table.values())
     with open(os.path.join(workdir, "render.json")) as f:
         render = json.load(f)
+    choice = choose(table)
     data = {"workdir": workdir, "render_seed": render.get("seed"),
-            "cells": table, "choice": choose(table),
-            "diagnosis": diagnose(table)}
+            "cells": table, "choice": choice,
+            "diagnosis": diagnose(table, choice)}
     os.makedirs(os.path.join(out_dir, "results"), exist_ok=True)
     fileio.write_json(os.path.join(out_dir, "results", "gallery.json"), data)
     confirm = os.path.join(out_dir, "results", "confirm.json")
