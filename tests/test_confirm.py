@@ -180,9 +180,12 @@ def test_the_extension_report_keeps_the_core_verdicts_beside_its_own(
         {"command": "python -m mtct_tf.benchmark confirm --extension "
                     "--reuse docs/results/confirm.json", "minutes": 50.0,
          "arms": ["JAN"]}]
+    os.makedirs(tmp_path / "results")
+    (tmp_path / "results" / confirm_report.NOTES).write_text("A reading.\n")
     path = confirm_report.write_report(data, str(tmp_path))
     text = open(path).read()
     assert "Holm-adjusted over the family of 8" in text
+    assert "## Reading the numbers (by hand" in text and "A reading." in text
     assert "### Extension family (Holm over 15)" in text
     assert "--reuse docs/results/confirm.json`: 50.0 min, JAN" in text
     summary = open(tmp_path / "RESULTS.md").read()

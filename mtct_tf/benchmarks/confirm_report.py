@@ -20,6 +20,7 @@ HOLM_TEXT = {"better": "**first better (separated)**",
              "not separated": "**not separated**",
              "not run": "not run (counted in Holm's family)"}
 FIGURE = "confirm_curves.png"
+NOTES = "confirm_notes.md"  # Readings by hand, kept across regenerations.
 SECTION = "protocol-2"  # Its summary's section of docs/RESULTS.md.
 
 
@@ -102,6 +103,17 @@ def curves_figure(curves, path):
             ax.legend(fontsize=8)
     fig.tight_layout()
     return fileio.save_figure(fig, path)
+
+
+def _notes(out_dir):
+    """``<out_dir>/results/confirm_notes.md``, written by hand: readings of
+    the numbers the generator cannot make."""
+    path = os.path.join(out_dir, "results", NOTES)
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8") as f:
+        return [f"## Reading the numbers (by hand, `results/{NOTES}`)", "",
+                f.read().strip(), ""]
 
 
 def _count(comparisons):
@@ -237,6 +249,7 @@ def write_report(data, out_dir):
         family_table(comparisons),
         "",
     ] + (_extension_section(extension) if extension else []) + [
+    ] + _notes(out_dir) + [
         "## Every arm (street test mAP_cls, mean ± std over seeds)",
         "",
         arms_table(data["summary"], info["fractions"]),
